@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny images and datasets, and the path of ../shared/data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SRPKD_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not (SHARED_DATA / "facades").is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+def write_image(path: Path, w: int, h: int, seed: int = 0, mode: str = "RGB") -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    arr = rng.integers(0, 256, (h, w, channels), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr[..., 0] if mode == "L" else arr, mode).save(path)
+    return path
+
+
+@pytest.fixture
+def aligned_dir(tmp_path) -> Path:
+    """pix2pix layout: train/ and test/ with 4 A|B images of 64x32."""
+    root = tmp_path / "aligned"
+    for split, n in (("train", 4), ("test", 2)):
+        for i in range(n):
+            write_image(root / split / f"{i}.jpg", 64, 32, seed=i)
+    return root
+
+
+@pytest.fixture
+def unaligned_dir(tmp_path) -> Path:
+    """CycleGAN layout: trainA/trainB/testA/testB with 32x32 images."""
+    root = tmp_path / "unaligned"
+    for split, n in (("trainA", 4), ("trainB", 3), ("testA", 2), ("testB", 2)):
+        for i in range(n):
+            write_image(root / split / f"{i}.png", 32, 32, seed=hash(split) % 1000 + i)
+    return root
