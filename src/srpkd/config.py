@@ -1,0 +1,280 @@
+"""Typed configuration: dataclasses, YAML presets and ``--set key=value`` overrides.
+
+Every hyper-parameter of the method (METHOD.md) is a field here. A config is
+built as: defaults <- preset/YAML file <- command-line overrides, then checked
+strictly (unknown keys and wrong types are one clear error). The resolved
+config is saved in every run folder as ``config.yaml``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import SrpkdError
+
+TASKS = ("teacher_only", "paired", "unpaired")
+
+
+@dataclass
+class GeneratorConfig:
+    arch: str = "resnet_9blocks"
+    ngf: int = 16
+    norm: str = "instance"
+    dropout: float = 0.0
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra constructor arguments (e.g. encoder_level)
+    init: str | None = None  # srpkd checkpoint to start from; None = N(0, 0.02) init
+
+
+@dataclass
+class TeacherConfig:
+    checkpoint: str | None = "builtin:vintagify"  # srpkd checkpoint, run folder or "builtin:vintagify"; None = no teacher
+    checkpoint_B: str | None = None  # the B->A teacher of an unpaired (CycleGAN) task
+
+
+@dataclass
+class DiscriminatorConfig:
+    arch: str = "patchgan"
+    ndf: int = 64
+    n_layers: int = 3  # 3 = 70x70 PatchGAN
+    norm: str = "instance"
+
+
+@dataclass
+class DataConfig:
+    mode: str = "builtin"  # builtin | aligned (pix2pix A|B) | unaligned (CycleGAN trainA/trainB) | single
+    root: str | None = None
+    direction: str = "AtoB"
+    train_split: str = "train"
+    test_split: str = "test"
+    load_size: int = 143
+    crop_size: int = 128
+    preprocess: str = "resize_and_crop"  # resize_and_crop | crop | scale_width | scale_width_and_crop | resize | none
+    flip: bool = True
+    serial: bool = False  # unaligned: pair A[i] with B[i] instead of a random B
+    max_images: int | None = None
+    num_workers: int = 0
+
+
+@dataclass
+class LossConfig:
+    gan_mode: str = "lsgan"  # lsgan | vanilla | hinge
+    gan: float = 1.0
+    l1: float = 100.0  # pix2pix: L1 to the ground truth
+    cycle: float = 10.0  # CycleGAN cycle consistency
+    identity: float = 0.5  # CycleGAN identity, as a fraction of the cycle weight
+    kd: float = 10.0  # output KD: L1 between student and teacher images
+    srp: float = 0.0  # semantic relation loss (set by the presets)
+    srp_taps: list[str] = field(default_factory=lambda: ["encoder"])
+    srp_method: str = "factorized"  # factorized | dense
+    srp_both: bool = True  # unpaired: relation loss on both generators (False: on G_A only)
+    feat: float = 0.0  # FitNets-style feature KD through a learned 1x1 adapter
+    feat_taps: list[str] = field(default_factory=lambda: ["encoder"])
+    sp: float = 0.0  # similarity-preserving KD (Tung & Mori 2019)
+    sp_taps: list[str] = field(default_factory=lambda: ["encoder"])
+    at: float = 0.0  # attention transfer (Zagoruyko & Komodakis 2017)
+    at_taps: list[str] = field(default_factory=lambda: ["encoder"])
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    batch_size: int = 1
+    steps: int = 0  # total optimisation steps (0: use epochs)
+    epochs: int = 0  # total epochs (used when steps is 0)
+    decay_fraction: float = 0.5  # constant lr, then linear decay to 0 over this last fraction
+
+
+@dataclass
+class Config:
+    task: str = "teacher_only"  # teacher_only | paired | unpaired
+    directions: str = "both"  # unpaired: both | AtoB (the setting that turns one direction off)
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch CPU threads (0: torch's default)
+    out_dir: str = "runs"
+    name: str | None = None  # run folder name (default: time stamp)
+    log_every: int = 10
+    sample_every: int = 0  # 0: only at the end
+    ckpt_every: int = 0  # 0: only at the end
+    keep_last: int = 3
+    eval_every: int = 0  # validation for the "best" checkpoint; 0: only at the end
+    eval_images: int = 16
+    cache_teacher: bool = True  # reuse teacher outputs/features when the data are deterministic
+    channels_last: bool = False
+    compile: bool = False
+    amp: str = "none"  # none | bf16
+    pool_size: int = 50
+    student: GeneratorConfig = field(default_factory=GeneratorConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("srpkd.configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def read_yaml(path_or_preset: str | Path) -> dict[str, Any]:
+    """A YAML file, or the name of a preset shipped in srpkd/configs."""
+    path = Path(path_or_preset)
+    if not path.is_file():
+        if str(path_or_preset) in preset_names():
+            text = resources.files("srpkd.configs").joinpath(f"{path_or_preset}.yaml").read_text()
+        else:
+            raise SrpkdError(f"config not found: {path_or_preset} (presets: {', '.join(preset_names())})")
+    else:
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise SrpkdError(f"cannot read config {path}: {e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SrpkdError(f"config {path_or_preset} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SrpkdError(f"config {path_or_preset} must be a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``loss.srp=100`` -> (["loss", "srp"], 100); the value is read as YAML."""
+    if "=" not in item:
+        raise SrpkdError(f"override {item!r} must look like key.sub=value")
+    key, value = item.split("=", 1)
+    try:
+        parsed = yaml.safe_load(value) if value else None
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip().split("."), parsed
+
+
+def _merge(base: dict, update: dict, where: str = "") -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "kwargs":
+            out[k] = _merge(out[k], v, f"{where}{k}.")
+        else:
+            out[k] = v
+    return out
+
+
+def _set(d: dict, keys: list[str], value: Any) -> None:
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+        if not isinstance(d, dict):
+            raise SrpkdError(f"cannot set {'.'.join(keys)}: {k} is not a section")
+    d[keys[-1]] = value
+
+
+def _float(x: Any) -> Any:
+    """Accept ints and YAML 1.1's unparsed exponents ("1e3") where a float is expected."""
+    if isinstance(x, bool):
+        return x  # left for dacite to reject with the field's name
+    if isinstance(x, int):
+        return float(x)
+    if isinstance(x, str):
+        try:
+            return float(x)
+        except ValueError:
+            return x
+    return x
+
+
+def _unknown_keys(cls: type, data: dict, prefix: str = "") -> list[str]:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = []
+    for k, v in data.items():
+        if k not in fields:
+            unknown.append(f"{prefix}{k}")
+        elif dataclasses.is_dataclass(fields[k].default_factory if fields[k].default_factory is not dataclasses.MISSING else None) and isinstance(v, dict):
+            unknown += _unknown_keys(fields[k].default_factory, v, f"{prefix}{k}.")
+    return unknown
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    import dacite
+
+    unknown = _unknown_keys(Config, data)
+    if unknown:
+        raise SrpkdError(f"unknown config key(s): {', '.join(unknown)}")
+
+    try:
+        cfg = dacite.from_dict(Config, data, config=dacite.Config(strict=True, type_hooks={float: _float}))
+    except dacite.UnexpectedDataError as e:
+        raise SrpkdError(f"unknown config key(s): {', '.join(sorted(e.keys))}") from None
+    except dacite.WrongTypeError as e:
+        raise SrpkdError(f"config key {e.field_path} must be {_type_name(e.field_type)}, got {e.value!r}") from None
+    except (dacite.DaciteError, TypeError) as e:
+        raise SrpkdError(f"bad config: {e}") from None
+    validate(cfg)
+    return cfg
+
+
+def _type_name(t: Any) -> str:
+    return getattr(t, "__name__", str(t).replace("typing.", ""))
+
+
+def load_config(path_or_preset: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """defaults <- file or preset <- ``key=value`` overrides, checked."""
+    data = dataclasses.asdict(Config())
+    if path_or_preset:
+        data = _merge(data, read_yaml(path_or_preset))
+    for item in overrides:
+        keys, value = parse_override(item)
+        _set(data, keys, value)
+    return from_dict(data)
+
+
+def validate(cfg: Config) -> None:
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise SrpkdError(msg)
+
+    need(cfg.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {cfg.task!r}")
+    need(cfg.directions in ("both", "AtoB"), f"directions must be both or AtoB, got {cfg.directions!r}")
+    need(cfg.data.mode in ("builtin", "aligned", "unaligned", "single"), f"data.mode unknown: {cfg.data.mode!r}")
+    need(cfg.data.direction in ("AtoB", "BtoA"), f"data.direction must be AtoB or BtoA, got {cfg.data.direction!r}")
+    need(cfg.data.mode == "builtin" or bool(cfg.data.root), f"data.root is required for data.mode={cfg.data.mode}")
+    for name in ("load_size", "crop_size"):
+        need(getattr(cfg.data, name) > 0, f"data.{name} must be positive, got {getattr(cfg.data, name)}")
+    need(cfg.optim.batch_size > 0, f"optim.batch_size must be positive, got {cfg.optim.batch_size}")
+    need(cfg.optim.steps >= 0 and cfg.optim.epochs >= 0, "optim.steps and optim.epochs must not be negative")
+    need(cfg.optim.steps > 0 or cfg.optim.epochs > 0, "set optim.steps or optim.epochs to a positive number")
+    need(cfg.optim.lr > 0, f"optim.lr must be positive, got {cfg.optim.lr}")
+    need(0.0 <= cfg.optim.decay_fraction <= 1.0, "optim.decay_fraction must be in [0, 1]")
+    need(cfg.student.ngf > 0 and cfg.discriminator.ndf > 0, "student.ngf and discriminator.ndf must be positive")
+    need(cfg.amp in ("none", "bf16"), f"amp must be none or bf16, got {cfg.amp!r}")
+    need(cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"), f"unknown device {cfg.device!r}")
+    need(cfg.loss.srp_method in ("factorized", "dense"), f"loss.srp_method must be factorized or dense")
+    for name in ("gan", "l1", "cycle", "identity", "kd", "srp", "feat", "sp", "at"):
+        need(getattr(cfg.loss, name) >= 0, f"loss.{name} must not be negative")
+    for name in ("log_every", "sample_every", "ckpt_every", "eval_every", "keep_last", "eval_images", "pool_size", "threads"):
+        need(getattr(cfg, name) >= 0, f"{name} must not be negative")
+    need(cfg.data.num_workers >= 0, "data.num_workers must not be negative")
+    need(cfg.data.max_images is None or cfg.data.max_images > 0, "data.max_images must be positive")
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from .checkpoint import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
