@@ -107,18 +107,34 @@ def save_generator(model: nn.Module, path: str | os.PathLike, **extra: Any) -> N
 def build_from_record(record: dict[str, Any], source: str | os.PathLike = "checkpoint") -> nn.Module:
     from .models import create_generator
 
+    if not isinstance(record, dict):
+        raise SrpkdError(f"{source} has a malformed architecture record: {record!r}")
     arch, kwargs = record.get("arch"), record.get("kwargs", {})
     if not isinstance(arch, str) or not isinstance(kwargs, dict):
         raise SrpkdError(f"{source} has a malformed architecture record: {record!r}")
-    return create_generator(arch, **kwargs)
+    try:
+        return create_generator(arch, **kwargs)
+    except SrpkdError:
+        raise
+    except (TypeError, ValueError, RuntimeError, OverflowError, ZeroDivisionError, IndexError, KeyError) as e:
+        # e.g. a negative or fractional width written into the header by hand
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SrpkdError(f"{source} has an architecture record srpkd cannot build ({arch} {kwargs}): {reason}") from None
 
 
-def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
-    """``load_state_dict(strict=True)`` with one readable line on mismatch."""
+def load_state_strict(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike, check_only: bool = False
+) -> None:
+    """``load_state_dict(strict=True)`` with one readable line on mismatch (``check_only``: do not load)."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    wrong += [
+        f"{k} is {state[k].dtype}, expected {own[k].dtype}"
+        for k in own
+        if k in state and state[k].shape == own[k].shape and own[k].is_floating_point() != state[k].is_floating_point()
+    ]
     if missing or unexpected or wrong:
         arch = getattr(model, "arch", type(model).__name__)
         parts = []
@@ -129,7 +145,8 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected tensors (first: {unexpected[0]})")
         raise SrpkdError(f"{source} does not fit {arch} {getattr(model, 'arch_kwargs', '')}: {'; '.join(parts)}")
-    model.load_state_dict(state, strict=True)
+    if not check_only:
+        model.load_state_dict(state, strict=True)
 
 
 def load_generator(path: str | os.PathLike, prefix: str | None = None) -> nn.Module:
@@ -148,7 +165,10 @@ def load_generator(path: str | os.PathLike, prefix: str | None = None) -> nn.Mod
     tensors, meta = load_tensors(path)
     if meta.get("kind") == "training":
         prefix = prefix or meta.get("generator_prefix", "G.")
-        record = meta.get("generators", {}).get(prefix)
+        generators = meta.get("generators", {})
+        if not isinstance(prefix, str) or not isinstance(generators, dict):
+            raise SrpkdError(f"{path} has corrupt srpkd metadata (generator_prefix/generators)")
+        record = generators.get(prefix)
         if record is None:
             raise SrpkdError(f"{path} holds no generator {prefix!r}")
         tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -156,6 +176,12 @@ def load_generator(path: str | os.PathLike, prefix: str | None = None) -> nn.Mod
         record = meta
     else:
         raise SrpkdError(f"{path} is a srpkd {meta.get('kind', 'unknown')!r} file, not a generator")
+    # Check the record against the stored tensors on the meta device first: a
+    # header claiming ngf=10**6 must be refused, not allocated.
+    with torch.device("meta"):
+        skeleton = build_from_record(record, path)
+    load_state_strict(skeleton, tensors, path, check_only=True)
+    del skeleton
     model = build_from_record(record, path)
     load_state_strict(model, tensors, path)
     model.checkpoint_meta = meta
