@@ -8,10 +8,11 @@ config is saved in every run folder as ``config.yaml``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -240,11 +241,22 @@ def load_config(path_or_preset: str | Path | None = None, overrides: list[str] =
     return from_dict(data)
 
 
+def _float_fields(obj: Any, prefix: str = "") -> Iterator[tuple[str, float]]:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _float_fields(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float):
+            yield f"{prefix}{f.name}", value
+
+
 def validate(cfg: Config) -> None:
     def need(cond: bool, msg: str) -> None:
         if not cond:
             raise SrpkdError(msg)
 
+    for name, value in _float_fields(cfg):
+        need(math.isfinite(value), f"{name} must be a finite number, got {value}")
     need(cfg.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {cfg.task!r}")
     need(cfg.directions in ("both", "AtoB"), f"directions must be both or AtoB, got {cfg.directions!r}")
     need(cfg.data.mode in ("builtin", "aligned", "unaligned", "single"), f"data.mode unknown: {cfg.data.mode!r}")
@@ -256,6 +268,9 @@ def validate(cfg: Config) -> None:
     need(cfg.optim.steps >= 0 and cfg.optim.epochs >= 0, "optim.steps and optim.epochs must not be negative")
     need(cfg.optim.steps > 0 or cfg.optim.epochs > 0, "set optim.steps or optim.epochs to a positive number")
     need(cfg.optim.lr > 0, f"optim.lr must be positive, got {cfg.optim.lr}")
+    for name in ("beta1", "beta2"):
+        need(0.0 <= getattr(cfg.optim, name) < 1.0, f"optim.{name} must be in [0, 1), got {getattr(cfg.optim, name)}")
+    need(0.0 <= cfg.student.dropout < 1.0, f"student.dropout must be in [0, 1), got {cfg.student.dropout}")
     need(0.0 <= cfg.optim.decay_fraction <= 1.0, "optim.decay_fraction must be in [0, 1]")
     need(cfg.student.ngf > 0 and cfg.discriminator.ndf > 0, "student.ngf and discriminator.ndf must be positive")
     need(cfg.amp in ("none", "bf16"), f"amp must be none or bf16, got {cfg.amp!r}")
