@@ -491,5 +491,87 @@ def test_datasets_on_folders_of_random_files(files, mode):
 
 
 def _build_dataset(datasets, mode, root):
-    cfg = load_config(None, ["optim.steps=1", f"data.mode={mode}", f"data.root={root}", "data.load_size=16", "data.crop_size=8"])
-    return datasets.create_dataset(cfg.data, split="train")
+    return datasets.build_dataset(mode, root, split="train", load_size=16, crop_size=8, preprocess="resize_and_crop")
+
+
+# ----------------------------------------------------------------------------- foreign .pth (srpkd import)
+
+
+@pytest.fixture(scope="module")
+def tiny_pth_bytes():
+    buf = io.BytesIO()
+    torch.save({"model.1.weight": torch.zeros(2, 3, 7, 7), "model.1.bias": torch.zeros(2)}, buf)
+    return buf.getvalue()
+
+
+def check_pth(data: bytes) -> None:
+    from srpkd.models.convert import import_generator
+
+    p = _tmpfile("w.pth", data)
+    try:
+        import_generator(p)
+    except SrpkdError as e:
+        assert "\n" not in str(e)
+    finally:
+        _cleanup(p)
+
+
+@fuzz(80)
+@given(st.binary(max_size=1024))
+def test_import_random_bytes(data):
+    check_pth(data)
+
+
+@fuzz(120)
+@given(data=st.data())
+def test_import_mutated_pth(tiny_pth_bytes, data):
+    """A torch.save zip archive with flipped, cut or inserted bytes."""
+    buf = bytearray(tiny_pth_bytes)
+    for _ in range(data.draw(st.integers(1, 3))):
+        i = data.draw(st.integers(0, len(buf) - 1))
+        kind = data.draw(st.sampled_from(["flip", "truncate", "insert"]))
+        if kind == "flip":
+            buf[i] ^= data.draw(st.integers(1, 255))
+        elif kind == "truncate":
+            del buf[i:]
+        else:
+            buf[i:i] = data.draw(st.binary(min_size=1, max_size=8))
+        if not buf:
+            break
+    check_pth(bytes(buf))
+
+
+torch_values = st.recursive(
+    st.none() | st.integers(-5, 5) | st.text(max_size=6) | st.builds(lambda n: torch.zeros(n), st.integers(0, 3)),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6) | st.integers(0, 3), c, max_size=3),
+    max_leaves=8,
+)
+
+
+@fuzz(100)
+@given(torch_values)
+def test_import_random_structures(obj):
+    """Anything torch.save can write with weights_only-safe types: a state_dict or one clear error."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    check_pth(buf.getvalue())
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"G", b"a", b"\x80\x02X\x05\x00\x00\x00", "int_keys"],
+    ids=["struct_error", "index_error", "short_string", "int_keys"],
+)
+def test_import_found_by_fuzzing(tmp_path, data):
+    """Regressions: torch.load(weights_only=True) on garbage raises struct.error/IndexError, which
+    srpkd.models.convert.read_state let through; a state_dict with int keys hit k.startswith."""
+    if data == "int_keys":
+        buf = io.BytesIO()
+        torch.save({0: torch.zeros(1)}, buf)
+        data = buf.getvalue()
+    p = tmp_path / "w.pth"
+    p.write_bytes(data)
+    from srpkd.models.convert import import_generator
+
+    with pytest.raises(SrpkdError, match="w.pth"):
+        import_generator(p)
