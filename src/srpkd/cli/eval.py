@@ -1,0 +1,118 @@
+"""``srpkd eval``: FID, KID and fidelity metrics of a run, a checkpoint or a folder of images."""
+from __future__ import annotations
+
+import json
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="FID/KID, PSNR/SSIM and teacher fidelity of a run or checkpoint (writes metrics.json)",
+        description=(
+            "Translate the test split with a run's student (or a checkpoint) and score it: paired tasks against "
+            "the ground truth (FID, KID, PSNR, SSIM), unpaired tasks against the real target domain train+test "
+            "(FID, KID), and against the teacher's outputs whenever a teacher is known (FID, KID, PSNR, L1, "
+            "ST-LPIPS). With --images, score a folder of generated images against --real DIR or --data DIR."
+        ),
+    )
+    p.add_argument("target", nargs="?", help="run folder or srpkd .safetensors generator")
+    p.add_argument("--images", help="score this folder of already generated images instead of translating")
+    p.add_argument("--real", help="with --images: folder of real images")
+    p.add_argument("--data", help="dataset root (overrides the run's data.root)")
+    p.add_argument("--mode", choices=["aligned", "unaligned", "single", "builtin"], help="dataset layout (overrides the run's)")
+    p.add_argument("--direction", choices=["AtoB", "BtoA"], help="translation direction (overrides the run's)")
+    p.add_argument("--split", default="test", help="with --images --data: the split of the real images (default test)")
+    p.add_argument("--teacher", help="teacher checkpoint or builtin:vintagify for fidelity metrics ('none' to skip)")
+    p.add_argument("--batch", type=int, default=8, help="images per batch (default 8)")
+    p.add_argument("--size", type=int, help="resize test images to SIZE x SIZE (default: the run's crop size, 256)")
+    p.add_argument("--max-images", type=int, help="use at most N test images")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--no-perceptual", action="store_true", help="skip ST-LPIPS")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write cached real-image features")
+    p.add_argument("-o", "--out", help="metrics JSON path (default: RUN/metrics.json or CKPT.metrics.json)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..errors import SrpkdError
+    from ..metrics.evaluate import Scorer, default_output, evaluate_run, resolve_device, score_folders, write_json_atomic
+    from ..metrics.fid import FeatureCache
+
+    if args.batch <= 0:
+        raise SrpkdError("--batch must be positive")
+    if args.max_images is not None and args.max_images < 2:
+        raise SrpkdError("--max-images must be at least 2 (FID needs two images)")
+    if args.images and args.target:
+        raise SrpkdError("give a run/checkpoint or --images DIR, not both")
+    if not args.images and not args.target:
+        raise SrpkdError("give a run folder or checkpoint, or --images DIR with --real DIR or --data DIR")
+    if args.real and not args.images:
+        raise SrpkdError("--real goes with --images")
+    device = resolve_device(args.device)
+    scorer = Scorer(device=device, batch=args.batch, progress=not args.quiet, perceptual=not args.no_perceptual,
+                    cache=FeatureCache(enabled=not args.no_cache))
+    if args.images:
+        result = score_folders(args.images, real=args.real, data=args.data, mode=args.mode or "aligned",
+                               direction=args.direction or "AtoB", split=args.split, size=args.size,
+                               max_images=args.max_images, scorer=scorer)
+        out = args.out
+    else:
+        teacher = args.teacher
+        if teacher is not None and teacher.lower() == "none":
+            teacher = ""
+        result = evaluate_run(args.target, data=args.data, mode=args.mode, direction=args.direction, teacher=teacher,
+                              size=args.size, max_images=args.max_images, scorer=scorer)
+        out = args.out or default_output(args.target)
+    if out:
+        path = write_json_atomic(out, result)
+        result_path = str(path)
+    else:
+        result_path = None
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_table(result))
+        if result_path:
+            print(f"wrote {result_path}")
+    return 0
+
+
+def _fmt(key: str, value) -> str:
+    if value is None:
+        return "-"
+    if key in ("kid", "kid_std"):
+        return f"{value:.4f}"
+    if key in ("ssim", "l1", "st_lpips"):
+        return f"{value:.4f}"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+METRIC_ORDER = ["fid", "kid", "kid_std", "psnr", "ssim", "l1", "st_lpips"]
+
+
+def format_table(result: dict) -> str:
+    lines = []
+    if result.get("kind") == "folders":
+        lines.append(f"{result['images']} ({result['n_images']} images) vs {result['real']} ({result['n_real']} images)")
+        for k in METRIC_ORDER + ["kid_subset_size", "matched_pairs"]:
+            if k in result:
+                lines.append(f"  {k:<16}{_fmt(k, result[k])}")
+        lines.append(f"  {'time':<16}{result['time_s']:.1f} s")
+        return "\n".join(lines)
+    lines.append(f"{result['source']}: task {result['task']}, {result['data']['mode']} data, {result['data']['size']} px")
+    for direction, r in result["directions"].items():
+        cols = [c for c in ("student", "teacher", "fidelity") if c in r]
+        ref = r.get("reference")
+        lines.append(f"{direction}: {r['n_images']} test images"
+                     + (f"; reference: {ref['name']} ({ref['count']} images{', cached' if ref.get('cached') else ''})" if ref else ""))
+        header = f"  {'metric':<10}" + "".join(f"{c + (' vs teacher' if c == 'fidelity' else ''):>22}" for c in cols)
+        lines.append(header)
+        for k in METRIC_ORDER:
+            if any(k in r[c] for c in cols):
+                lines.append(f"  {k:<10}" + "".join(f"{_fmt(k, r[c].get(k)) if k in r[c] else '':>22}" for c in cols))
+    lines.append(f"time {result['time_s']:.1f} s")
+    return "\n".join(lines)

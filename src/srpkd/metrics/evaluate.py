@@ -1,0 +1,453 @@
+"""Evaluation protocols: translate a test split and score it; score folders of images.
+
+Protocols (see docs/metrics.md):
+
+* paired (pix2pix): generated test images vs the real test targets: FID, KID,
+  and PSNR / SSIM to the ground truth of each input;
+* unpaired (CycleGAN): generated test images vs real images of the target
+  domain, train + test (the GAN Compression convention): FID, KID;
+* teacher fidelity (whenever a teacher is known, and the only protocol of a
+  ``teacher_only`` task): student outputs vs teacher outputs on the same
+  inputs: FID, KID, PSNR, L1 and shift-tolerant LPIPS.
+
+When a teacher is known, the teacher's own outputs are scored with the same
+protocol, so that teacher and student sit side by side.
+
+Test images are resized to ``size`` x ``size`` (bicubic, no crop, no flip)
+before translation; the real reference images go through the same
+preprocessing, so both sides of FID have the same resolution before the
+Inception resize. Features of real sets are cached by content hash.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from ..errors import SrpkdError
+from . import image as image_metrics
+from .fid import FeatureCache, content_key, extract_features, fid_from_features, kid_from_features
+
+FORMAT = 1
+OTHER = {"AtoB": "BtoA", "BtoA": "AtoB"}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def resolve_device(device: str | None = "auto") -> torch.device:
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise SrpkdError("--device cuda requested but CUDA is not available")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise SrpkdError(f"unknown device {device!r}") from None
+
+
+def _progress(iterable, desc: str, enabled: bool, total: int | None = None):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, unit="batch", leave=False, dynamic_ncols=True)
+
+
+def _finite(x: float) -> float | None:
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def write_json_atomic(path: str | os.PathLike, data: dict) -> Path:
+    from ..checkpoint import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+@dataclass
+class Scorer:
+    """What every protocol needs: a feature extractor, its cache, and run settings.
+
+    ``extractor`` is any module mapping (N, 3, H, W) floats in [0, 255] to
+    (N, D) features with an ``extractor_id`` string; by default the
+    TF-Inception network. ``perceptual`` toggles ST-LPIPS.
+    """
+
+    extractor: Any = None
+    cache: FeatureCache | None = None
+    device: torch.device = torch.device("cpu")
+    batch: int = 8
+    progress: bool = True
+    perceptual: bool = True
+
+    def __post_init__(self):
+        if self.extractor is None:
+            from .inception import inception
+
+            self.extractor = inception(self.device)
+        if self.cache is None:
+            self.cache = FeatureCache()
+
+    @property
+    def extractor_id(self) -> str:
+        return getattr(self.extractor, "extractor_id", type(self.extractor).__name__)
+
+    def features(self, images: torch.Tensor, desc: str = "features") -> torch.Tensor:
+        """Features of an (N, 3, H, W) tensor of [-1, 1] images."""
+        chunks = images.split(self.batch)
+        return extract_features(self.extractor, _progress(chunks, desc, self.progress, len(chunks)), self.device)
+
+    def dataset_features(self, dataset: Dataset, key: str, files: Sequence[Path], desc: str, info: dict) -> tuple[torch.Tensor, bool]:
+        """Features of the ``key`` images of a dataset, cached by the files' content."""
+        ckey = content_key(files, self.extractor_id, desc)
+
+        def compute() -> torch.Tensor:
+            batches = (b[key] for b in _loader(dataset, self.batch))
+            n = math.ceil(len(dataset) / self.batch)
+            return extract_features(self.extractor, _progress(batches, f"real {info.get('name', '')}".strip(), self.progress, n), self.device)
+
+        return self.cache.features(ckey, compute, {**info, "preprocessing": desc, "extractor": self.extractor_id})
+
+
+def _loader(dataset: Dataset, batch: int) -> DataLoader:
+    from ..data.datasets import check_same_size
+
+    try:
+        check_same_size(dataset)
+    except SrpkdError:
+        batch = 1  # sizes differ: one image per batch
+    return DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=0)
+
+
+def distribution_metrics(fake: torch.Tensor, real: torch.Tensor) -> dict:
+    """FID and KID between two feature sets."""
+    kid, kid_std, m = kid_from_features(fake, real)
+    return {"fid": fid_from_features(fake, real), "kid": kid, "kid_std": kid_std, "kid_subset_size": m}
+
+
+def paired_metrics(output: torch.Tensor, target: torch.Tensor) -> dict:
+    return {"psnr": _finite(image_metrics.psnr(output, target)), "ssim": image_metrics.ssim(output, target)}
+
+
+def fidelity_metrics(student: torch.Tensor, teacher: torch.Tensor, scorer: Scorer,
+                     f_student: torch.Tensor, f_teacher: torch.Tensor) -> dict:
+    out = distribution_metrics(f_student, f_teacher)
+    out["psnr"] = _finite(image_metrics.psnr(student, teacher))
+    out["l1"] = image_metrics.l1(student, teacher)
+    if scorer.perceptual:
+        out["st_lpips"] = perceptual_mean(student, teacher, scorer)
+    return out
+
+
+@torch.no_grad()
+def perceptual_mean(a: torch.Tensor, b: torch.Tensor, scorer: Scorer) -> float | None:
+    from .perceptual import stlpips
+
+    if min(a.shape[-2:]) < 32:
+        return None
+    model = stlpips(scorer.device)
+    values = [model(x.to(scorer.device), y.to(scorer.device)).cpu() for x, y in zip(a.split(scorer.batch), b.split(scorer.batch))]
+    return float(torch.cat(values).mean())
+
+
+@torch.no_grad()
+def translate(models: dict[str, torch.nn.Module], dataset: Dataset, scorer: Scorer, keep_target: bool) -> dict[str, torch.Tensor]:
+    """Run every model on every test input (batched); returns CPU tensors in [-1, 1]."""
+    outs: dict[str, list[torch.Tensor]] = {name: [] for name in models}
+    outs["input"], outs["target"] = [], []
+    loader = _loader(dataset, scorer.batch)
+    for batch in _progress(loader, "translate", scorer.progress, len(loader)):
+        x = batch["A"].to(scorer.device)
+        outs["input"].append(batch["A"])
+        if keep_target:
+            outs["target"].append(batch["B"])
+        for name, model in models.items():
+            y = model(x)
+            outs[name].append(y.float().clamp(-1, 1).cpu())
+    return {k: torch.cat(v) for k, v in outs.items() if v}
+
+
+# ----------------------------------------------------------------------------- datasets of a protocol
+
+
+def _data_desc(mode: str, side: str, size: int) -> str:
+    return f"{mode}:{side}:resize-bicubic:{size}"
+
+
+def _test_data(mode: str, root, direction: str, test_split: str, train_split: str, size: int, max_images: int | None, task: str):
+    """(inputs dataset, target present, real reference (dataset, files, desc, info) or None)."""
+    from ..data.datasets import build_dataset
+
+    common = dict(load_size=size, crop_size=size, preprocess="resize", flip=False)
+    if mode == "builtin":
+        ds = build_dataset("builtin", None, split="test", crop_size=size, flip=False, max_images=max_images)
+        return ds, False, None
+    if mode == "aligned":
+        ds = build_dataset("aligned", root, split=test_split, direction=direction, max_images=max_images, **common)
+        side = direction[-1]  # target half: B for AtoB, A for BtoA
+        info = {"name": f"{test_split} {side} halves", "count": len(ds)}
+        ref = (ds, "B", ds.files, _data_desc("aligned-half", side, size), info) if task == "paired" else None
+        return ds, task == "paired", ref
+    if mode == "unaligned":
+        src, tgt = direction[0], direction[-1]
+        root = Path(root)
+        ds = build_dataset("single", root / f"{test_split}{src}", max_images=max_images, **common)
+        ref = None
+        if task == "unpaired":
+            parts = [build_dataset("single", root / f"{split}{tgt}", **common) for split in dict.fromkeys((train_split, test_split))]
+            files = [f for p in parts for f in p.files]
+            info = {"name": f"{' + '.join(dict.fromkeys((train_split, test_split)))} {tgt}", "count": len(files)}
+            ref = (ConcatDataset(parts), "A", files, _data_desc("single", tgt, size), info)
+        return ds, False, ref
+    if mode == "single":
+        if root in (None, ""):
+            raise SrpkdError("mode 'single' needs --data FOLDER of input images")
+        return build_dataset("single", root, max_images=max_images, **common), False, None
+    raise SrpkdError(f"unknown data mode {mode!r}")
+
+
+# ----------------------------------------------------------------------------- protocols
+
+
+def evaluate_generator(
+    student: torch.nn.Module,
+    *,
+    task: str,
+    mode: str,
+    root=None,
+    direction: str = "AtoB",
+    test_split: str = "test",
+    train_split: str = "train",
+    size: int = 256,
+    teacher: torch.nn.Module | None = None,
+    max_images: int | None = None,
+    scorer: Scorer | None = None,
+) -> dict:
+    """Score one direction of a generator (and its teacher, when given) on a test split."""
+    scorer = scorer or Scorer()
+    multiple = max(getattr(student, "size_multiple", 4), getattr(teacher, "size_multiple", 4) if teacher is not None else 1)
+    if size <= 0 or size % multiple:
+        raise SrpkdError(f"--size must be a positive multiple of {multiple}, got {size}")
+    if task == "teacher_only" and teacher is None:
+        raise SrpkdError("a teacher_only evaluation needs a teacher (--teacher CKPT or builtin:vintagify)")
+    if task == "unpaired" and mode != "unaligned":
+        raise SrpkdError(f"an unpaired task needs the unaligned data layout (trainA/trainB/testA/testB), not {mode!r}")
+    if task == "paired" and mode != "aligned":
+        raise SrpkdError(f"a paired task needs the aligned data layout (A|B pairs), not {mode!r}")
+    t0 = time.perf_counter()
+    dataset, has_target, ref = _test_data(mode, root, direction, test_split, train_split, size, max_images, task)
+    if len(dataset) < 2:
+        raise SrpkdError(f"the test split has {len(dataset)} image(s); FID and KID need at least 2")
+    models = {"student": student.to(scorer.device).eval()}
+    if teacher is not None:
+        models["teacher"] = teacher.to(scorer.device).eval()
+    out = translate(models, dataset, scorer, keep_target=has_target)
+    feats = {name: scorer.features(out[name], f"features {name}") for name in models}
+
+    result: dict[str, Any] = {"n_images": len(dataset), "direction": direction, "size": size}
+    if ref is not None:
+        ref_ds, key, files, desc, info = ref
+        real, cached = scorer.dataset_features(ref_ds, key, files, desc, info)
+        result["reference"] = {**info, "cached": cached}
+        if real.shape[0] < 2:
+            raise SrpkdError(f"the real reference set has {real.shape[0]} image(s); FID needs at least 2")
+        for name in models:
+            result[name] = distribution_metrics(feats[name], real)
+            if has_target:
+                result[name].update(paired_metrics(out[name], out["target"]))
+    if teacher is not None:
+        result["fidelity"] = fidelity_metrics(out["student"], out["teacher"], scorer, feats["student"], feats["teacher"])
+    result["time_s"] = round(time.perf_counter() - t0, 3)
+    return result
+
+
+def evaluate_run(
+    target: str | os.PathLike,
+    *,
+    data: str | None = None,
+    mode: str | None = None,
+    direction: str | None = None,
+    teacher: str | None = None,
+    size: int | None = None,
+    max_images: int | None = None,
+    scorer: Scorer | None = None,
+) -> dict:
+    """Evaluate a run folder (its config gives data, task and teachers) or a bare checkpoint.
+
+    Flags override the run's config. For an unpaired run with
+    ``student_B.safetensors`` both directions are scored.
+    """
+    from ..checkpoint import load_generator
+
+    target = Path(target)
+    if not target.exists():
+        raise SrpkdError(f"not found: {target}")
+    cfg = None
+    if target.is_dir() and (target / "config.yaml").is_file():
+        from ..config import load_config
+
+        cfg = load_config(target / "config.yaml")
+    student = load_generator(target)
+    mode = mode or (cfg.data.mode if cfg else ("aligned" if data else "builtin"))
+    root = data if data is not None else (cfg.data.root if cfg else None)
+    direction = direction or (cfg.data.direction if cfg else "AtoB")
+    if direction not in OTHER:
+        raise SrpkdError(f"--direction must be AtoB or BtoA, got {direction!r}")
+    size = size or (cfg.data.crop_size if cfg else 256)
+    test_split = cfg.data.test_split if cfg else "test"
+    train_split = cfg.data.train_split if cfg else "train"
+    teacher_spec = teacher if teacher is not None else (cfg.teacher.checkpoint if cfg else None)
+    if cfg:
+        task = cfg.task
+        if data is not None or mode != cfg.data.mode:  # the user points the run at other data
+            task = {"aligned": "paired", "unaligned": "unpaired"}.get(mode, "teacher_only") if cfg.task != "teacher_only" else "teacher_only"
+    else:
+        task = {"aligned": "paired", "unaligned": "unpaired"}.get(mode, "teacher_only")
+    if mode in ("aligned", "unaligned", "single") and not root:
+        raise SrpkdError(f"data mode {mode!r} needs a data folder (--data DIR)")
+    scorer = scorer or Scorer()
+
+    from ..assets import resolve_teacher
+
+    teacher_model = resolve_teacher(teacher_spec) if teacher_spec else None
+    t0 = time.perf_counter()
+    directions = {direction: evaluate_generator(
+        student, task=task, mode=mode, root=root, direction=direction, test_split=test_split, train_split=train_split,
+        size=size, teacher=teacher_model, max_images=max_images, scorer=scorer)}
+    student_b = target / "student_B.safetensors" if target.is_dir() else None
+    if task == "unpaired" and student_b is not None and student_b.is_file():
+        teacher_b = cfg.teacher.checkpoint_B if cfg else None
+        directions[OTHER[direction]] = evaluate_generator(
+            load_generator(student_b), task=task, mode=mode, root=root, direction=OTHER[direction], test_split=test_split,
+            train_split=train_split, size=size, teacher=resolve_teacher(teacher_b) if teacher_b else None,
+            max_images=max_images, scorer=scorer)
+    return {
+        "format": FORMAT,
+        "kind": "generator",
+        "source": str(target),
+        "task": task,
+        "primary": direction,
+        "data": {"mode": mode, "root": str(root) if root else None, "test_split": test_split, "size": size},
+        "teacher": teacher_spec,
+        "student_arch": {"arch": getattr(student, "arch", None), "kwargs": getattr(student, "arch_kwargs", None)},
+        "extractor": scorer.extractor_id,
+        "directions": directions,
+        "time_s": round(time.perf_counter() - t0, 3),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def default_output(target: str | os.PathLike) -> Path:
+    """metrics.json in a run folder, or ``<checkpoint stem>.metrics.json`` beside a checkpoint."""
+    target = Path(target)
+    return target / "metrics.json" if target.is_dir() else target.with_name(f"{target.stem}.metrics.json")
+
+
+# ----------------------------------------------------------------------------- folders of images
+
+
+def _folder_dataset(folder, size: int | None, max_images: int | None):
+    from ..data.datasets import build_dataset
+
+    preprocess = "resize" if size else "none"
+    s = size or 256
+    return build_dataset("single", folder, load_size=s, crop_size=s, preprocess=preprocess, flip=False, max_images=max_images)
+
+
+def score_folders(
+    images: str | os.PathLike,
+    *,
+    real: str | os.PathLike | None = None,
+    data: str | os.PathLike | None = None,
+    mode: str = "aligned",
+    direction: str = "AtoB",
+    split: str = "test",
+    size: int | None = None,
+    max_images: int | None = None,
+    scorer: Scorer | None = None,
+) -> dict:
+    """FID / KID of a folder of generated images against real images.
+
+    The real images are a folder (``real``) or the target side of a dataset
+    (``data``: the target halves of an aligned split; for unaligned data the
+    target domain's train + test, as in the unpaired protocol). Images keep
+    their size (rounded to a multiple of 4) unless ``size`` is given. When
+    every generated file has a real counterpart with the same file stem and
+    size, PSNR and SSIM to it are reported too.
+    """
+    from ..data.datasets import build_dataset
+
+    scorer = scorer or Scorer()
+    t0 = time.perf_counter()
+    if (real is None) == (data is None):
+        raise SrpkdError("give the real images as --real DIR or --data DIR, one of them")
+    fake_ds = _folder_dataset(images, size, max_images)
+    s = size or 256
+    pre = "resize" if size else "none"
+    if real is not None:
+        real_parts = [_folder_dataset(real, size, None)]
+        files = list(real_parts[0].files)
+        key, name = "A", str(real)
+    elif mode == "aligned":
+        ds = build_dataset("aligned", data, split=split, direction=direction, load_size=s, crop_size=s, preprocess=pre, flip=False)
+        real_parts, files, key, name = [ds], list(ds.files), "B", f"{data} {split} {direction[-1]} halves"
+    elif mode == "unaligned":
+        tgt = direction[-1]
+        splits = list(dict.fromkeys(("train", split)))
+        real_parts = [build_dataset("single", Path(data) / f"{sp}{tgt}", load_size=s, crop_size=s, preprocess=pre, flip=False) for sp in splits]
+        files = [f for p in real_parts for f in p.files]
+        key, name = "A", f"{data} {' + '.join(splits)} {tgt}"
+    else:
+        raise SrpkdError(f"--mode must be aligned or unaligned with --data, got {mode!r}")
+    real_ds = real_parts[0] if len(real_parts) == 1 else ConcatDataset(real_parts)
+    desc = f"{'aligned-half' if key == 'B' else 'single'}:{direction[-1] if key == 'B' else ''}:{pre}:{size or 'native'}"
+    real_feats, cached = scorer.dataset_features(real_ds, key, files, desc, {"name": name, "count": len(files)})
+    fake_feats = _dataset_features(fake_ds, scorer)
+    if len(fake_ds) < 2 or real_feats.shape[0] < 2:
+        raise SrpkdError("FID and KID need at least 2 images on each side")
+    result: dict[str, Any] = {
+        "format": FORMAT,
+        "kind": "folders",
+        "images": str(images),
+        "real": name,
+        "n_images": len(fake_ds),
+        "n_real": int(real_feats.shape[0]),
+        "reference_cached": cached,
+        "extractor": scorer.extractor_id,
+        **distribution_metrics(fake_feats, real_feats),
+    }
+    if real is not None:
+        result.update(_matched_pairs(fake_ds, real_parts[0]))
+    result["time_s"] = round(time.perf_counter() - t0, 3)
+    return result
+
+
+def _dataset_features(dataset: Dataset, scorer: Scorer) -> torch.Tensor:
+    loader = _loader(dataset, scorer.batch)
+    return extract_features(scorer.extractor, _progress((b["A"] for b in loader), "features", scorer.progress, len(loader)), scorer.device)
+
+
+def _matched_pairs(fake_ds, real_ds) -> dict:
+    """PSNR / SSIM when every generated image has a same-stem, same-size real image."""
+    real_by_stem = {Path(p).stem: i for i, p in enumerate(real_ds.files)}
+    pairs = [(i, real_by_stem.get(Path(p).stem)) for i, p in enumerate(fake_ds.files)]
+    if any(j is None for _, j in pairs):
+        return {}
+    psnrs, ssims = [], []
+    for i, j in pairs:
+        a, b = fake_ds[i]["A"], real_ds[j]["A"]
+        if a.shape != b.shape:
+            return {}
+        psnrs.append(image_metrics.psnr(a, b))
+        ssims.append(image_metrics.ssim(a, b))
+    return {"psnr": _finite(sum(psnrs) / len(psnrs)), "ssim": sum(ssims) / len(ssims), "matched_pairs": len(pairs)}
