@@ -57,7 +57,8 @@ class DataConfig:
     preprocess: str = "resize_and_crop"  # resize_and_crop | crop | scale_width | scale_width_and_crop | resize | none
     flip: bool = True
     serial: bool = False  # unaligned: pair A[i] with B[i] instead of a random B
-    max_images: int | None = None
+    max_images: int | None = None  # builtin: number of crops per epoch (or of fixed crops)
+    fixed_crops: bool = False  # builtin: a fixed set of training crops (deterministic: the teacher cache can be used)
     num_workers: int = 0
 
 

@@ -1,0 +1,96 @@
+"""The frozen teacher: eval mode, no gradients, optional cache of its outputs and features.
+
+Caching (``cache_teacher``) is only sound when a training item is the same
+tensor every time it is drawn, i.e. the data transform is deterministic (fixed
+crops, no flip). The cache is then filled once, before training, in fixed
+chunks of the dataset in index order, so its content does not depend on the
+batch order, on the rank or on where a resumed run restarts. Lookups are by
+the dataset index that :class:`srpkd.train.data.SeededDataset` attaches.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+
+from ..errors import SrpkdError
+
+log = logging.getLogger("srpkd.distill")
+
+
+def load_teacher(spec: str) -> nn.Module:
+    """``"builtin:vintagify"`` or a srpkd checkpoint / run folder -> generator (not yet frozen)."""
+    try:
+        from ..assets import resolve_teacher
+    except ImportError as e:
+        if spec.startswith("builtin:") or getattr(e, "name", "") not in ("srpkd.assets", None):
+            raise
+        from ..checkpoint import load_generator
+
+        return load_generator(spec)
+    return resolve_teacher(spec)
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+class Teacher:
+    """A frozen generator plus the taps the KD terms read from it."""
+
+    def __init__(self, model: nn.Module, taps: Iterable[str], device: torch.device, channels_last: bool = False,
+                 amp: str = "none") -> None:
+        self.model = freeze(model).to(device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.taps = list(dict.fromkeys(taps))
+        self.device = device
+        self.channels_last = channels_last
+        self.amp = amp
+        self.cache: dict[str, torch.Tensor] | None = None
+
+    @property
+    def generator(self) -> nn.Module:
+        return self.model
+
+    @torch.no_grad()
+    def compute(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x = x.to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp == "bf16"):
+            out, feats = self.model(x, taps=self.taps)
+        return out.float(), {k: v.float() for k, v in feats.items()}
+
+    @torch.no_grad()
+    def build_cache(self, dataset, chunk: int = 8, desc: str = "teacher cache") -> None:
+        """Run the teacher once over every item of a deterministic dataset (index order, fixed chunks)."""
+        from tqdm import tqdm
+
+        n = len(dataset)
+        outs: list[torch.Tensor] = []
+        feats: dict[str, list[torch.Tensor]] = {k: [] for k in self.taps}
+        for start in tqdm(range(0, n, chunk), desc=desc, unit="chunk", leave=False, disable=None):
+            x = torch.stack([dataset[i]["A"] for i in range(start, min(n, start + chunk))])
+            o, f = self.compute(x)
+            outs.append(o)
+            for k in self.taps:
+                feats[k].append(f[k])
+        self.cache = {"out": torch.cat(outs)}
+        self.cache.update({f"tap.{k}": torch.cat(v) for k, v in feats.items()})
+        mb = sum(t.numel() * t.element_size() for t in self.cache.values()) / 2**20
+        log.info(f"teacher cache: {n} items, {mb:.0f} MiB")
+
+    def __call__(self, x: torch.Tensor, index: torch.Tensor | None = None):
+        """Teacher output and features for a batch; from the cache when it is filled and ``index`` is given."""
+        if self.cache is not None and index is not None:
+            idx = index.to(self.cache["out"].device)
+            return self.cache["out"][idx], {k: self.cache[f"tap.{k}"][idx] for k in self.taps}
+        if self.cache is not None and index is None:
+            raise SrpkdError("internal: cached teacher called without dataset indices")
+        return self.compute(x)

@@ -1,0 +1,114 @@
+"""Reproducible data order and augmentation, so a resumed run sees the same batches.
+
+* Order: epoch ``e`` visits ``torch.randperm(n)`` drawn from a generator seeded
+  with ``seed + e`` (every rank draws the same permutation), tiled to a whole
+  number of batches on every rank and dealt out round robin:
+  rank ``r`` of ``W`` takes positions ``r, r + W, ...`` (the DistributedSampler
+  layout). The last incomplete batch is dropped.
+* Augmentation: :class:`SeededDataset` runs each ``dataset[i]`` inside
+  ``torch.random.fork_rng`` with torch, numpy and Python ``random`` seeded from
+  ``(seed, epoch, i)``, then restores the caller's generators. A sample's
+  random crop and flip therefore depend only on (seed, epoch, index), not on
+  the worker that loads it or on what ran before.
+
+Step ``s`` is batch ``s % batches_per_epoch`` of epoch ``s // batches_per_epoch``.
+"""
+from __future__ import annotations
+
+import random
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import SrpkdError
+
+_MIX = 0x9E3779B1
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return (seed * 1_000_003 + epoch * _MIX + index * 7919 + 12345) % (2**31 - 1)
+
+
+class SeededDataset(Dataset):
+    """Wrap a dataset: item ``(epoch, i)`` is ``base[i]`` drawn with the seed of (seed, epoch, i).
+
+    The returned dict gets an ``"index"`` entry (the base index, used by the teacher cache).
+    """
+
+    def __init__(self, base: Dataset, seed: int) -> None:
+        self.base = base
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        s = sample_seed(self.seed, epoch, index)
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(s)
+                random.seed(s)
+                np.random.seed(s)
+                item = self.base[index]
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+        item = dict(item)
+        item["index"] = index
+        return item
+
+
+def batches_per_epoch(n: int, batch_size: int, world: int) -> int:
+    if n <= 0:
+        raise SrpkdError("the training set is empty")
+    return max(1, (n // world) // batch_size)
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[list[tuple[int, int]]]:
+    """This rank's batches of ``epoch``: lists of ``(epoch, index)`` keys for :class:`SeededDataset`."""
+    nb = batches_per_epoch(n, batch_size, world)
+    g = torch.Generator().manual_seed(seed + epoch)
+    perm = torch.randperm(n, generator=g).tolist()
+    need = nb * batch_size * world
+    order = (perm * (need // n + 1))[:need]
+    mine = order[rank::world]
+    return [[(epoch, i) for i in mine[b * batch_size : (b + 1) * batch_size]] for b in range(nb)]
+
+
+def collate(items: list[dict]) -> dict:
+    out = {}
+    for k in items[0]:
+        vals = [it[k] for it in items]
+        if isinstance(vals[0], torch.Tensor):
+            out[k] = torch.stack(vals)
+        elif isinstance(vals[0], int):
+            out[k] = torch.tensor(vals, dtype=torch.long)
+        else:
+            out[k] = vals
+    return out
+
+
+def iterate(
+    dataset: SeededDataset, batch_size: int, seed: int, start_step: int, rank: int, world: int, num_workers: int = 0
+) -> Iterator[tuple[int, dict]]:
+    """Endless ``(epoch, batch)`` pairs starting at global step ``start_step``."""
+    n = len(dataset)
+    nb = batches_per_epoch(n, batch_size, world)
+    epoch, skip = divmod(start_step, nb)
+    while True:
+        batches = epoch_batches(n, batch_size, seed, epoch, rank, world)[skip:]
+        skip = 0
+        if num_workers > 0:
+            loader = DataLoader(
+                dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate, persistent_workers=False
+            )
+            for batch in loader:
+                yield epoch, batch
+        else:
+            for keys in batches:
+                yield epoch, collate([dataset[k] for k in keys])
+        epoch += 1
