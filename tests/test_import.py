@@ -182,6 +182,8 @@ def test_explicit_options_are_checked(tmp_path, capsys):
         (["--ngf", "8"], r"does not fit resnet_6blocks .*shape mismatches \(first: stem\.1\.weight \(4, 3, 7, 7\) vs \(8, 3, 7, 7\)\)"),
         (["--arch", "resnet_9blocks"], r"holds a resnet_6blocks generator, not resnet_9blocks"),
         (["--norm", "batch"], r"does not fit resnet_6blocks .*missing tensors"),
+        (["--ngf", "0"], r"--ngf must be positive, got 0"),
+        (["--dropout", "1.5"], r"--dropout must be in \[0, 1\), got 1.5"),
     ]
     for extra, pattern in cases:
         assert main(["import", str(src), str(dst), *extra]) == 2
@@ -204,7 +206,7 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
         (empty, "not a readable PyTorch weights file"),
         (text, "not a readable PyTorch weights file"),
         (foreign_keys, r"unknown generator layout \(first keys: features\.0\.weight\)"),
-        (tmp_path / "nostate.pth", r"holds no generator state_dict \(top-level keys: epoch, optimizer\)"),
+        (tmp_path / "nostate.pth", r"holds no generator state_dict \(top-level keys: 'epoch', 'optimizer'\)"),
         (tmp_path / "unet64.pth", "unet with 6 levels has no srpkd architecture"),
     ]
     for src, pattern in cases:

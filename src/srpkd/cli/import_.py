@@ -30,6 +30,10 @@ def run(args) -> int:
     from ..models import count_params
     from ..models.convert import import_generator
 
+    if args.ngf is not None and args.ngf <= 0:
+        raise SrpkdError(f"--ngf must be positive, got {args.ngf}")
+    if args.dropout is not None and not 0 <= args.dropout < 1:
+        raise SrpkdError(f"--dropout must be in [0, 1), got {args.dropout}")
     dst = Path(args.dst)
     if dst.suffix != ".safetensors":
         raise SrpkdError(f"the output must end in .safetensors, got {dst}")

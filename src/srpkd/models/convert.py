@@ -34,6 +34,10 @@ STATS = ("running_mean", "running_var", "num_batches_tracked")
 _CONTAINERS = ("state_dict", "model", "generator", "netG", "G", "params")
 
 
+def _is_state(o) -> bool:
+    return isinstance(o, dict) and bool(o) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in o.items())
+
+
 def read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors of a foreign ``.pth`` file, loaded with ``weights_only=True`` (no code in a pickle runs)."""
     path = Path(path)
@@ -50,19 +54,28 @@ def read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             ) from None
         why = next((ln for ln in lines if ln.startswith("Unsupported")), "not a pickle")
         raise SrpkdError(f"{path} is not a readable PyTorch weights file ({why})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    except Exception as e:  # garbage makes the unpickler raise anything: struct.error, IndexError, KeyError...
+        reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
         raise SrpkdError(f"{path} is not a readable PyTorch weights file ({reason})") from None
-    if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        inner = [obj[k] for k in _CONTAINERS if isinstance(obj.get(k), dict)]
+    if isinstance(obj, dict) and not _is_state(obj):
+        inner = [obj[k] for k in _CONTAINERS if _is_state(obj.get(k))]
         if not inner:
-            raise SrpkdError(f"{path} holds no generator state_dict (top-level keys: {', '.join(map(str, list(obj)[:8]))})")
+            raise SrpkdError(f"{path} holds no generator state_dict (top-level keys: {', '.join(map(repr, list(obj)[:8]))})")
         obj = inner[0]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not _is_state(obj):
         raise SrpkdError(f"{path} holds no generator state_dict (found {type(obj).__name__})")
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return dict(obj)
+
+
+def _conv_dim(state: dict, key: str, axis: int) -> int:
+    """A size of the 4-D convolution weight ``key`` (checked, so odd files give one clear line)."""
+    w = state.get(key)
+    if w is None or w.ndim != 4 or 0 in w.shape:
+        got = "missing" if w is None else f"of shape {tuple(w.shape)}"
+        raise SrpkdError(f"{key} is {got}; expected a 4-D convolution weight")
+    return int(w.shape[axis])
 
 
 def _norm(state: dict, conv: str, norm: str) -> str:
@@ -89,20 +102,16 @@ def _resnet(state: dict) -> tuple[dict, dict]:
     for i in range(n):
         for j in (1, 2, conv2, norm2):
             mapping[f"model.{10 + i}.{inner}.{j}"] = f"blocks.{i}.conv_block.{j}"
-    head = state.get(f"model.{17 + n}.weight")
-    if "model.1.weight" not in state or head is None:
-        raise SrpkdError("not a ResnetGenerator: the first or last convolution (model.1, "
-                         f"model.{17 + n}) is missing")
-    kwargs = {"ngf": state["model.1.weight"].shape[0], "norm": _norm(state, "model.1", "model.2"),
-              "in_channels": state["model.1.weight"].shape[1], "out_channels": head.shape[0], "dropout": dropout}
+    head = f"model.{17 + n}.weight"
+    kwargs = {"ngf": _conv_dim(state, "model.1.weight", 0), "norm": _norm(state, "model.1", "model.2"),
+              "in_channels": _conv_dim(state, "model.1.weight", 1), "out_channels": _conv_dim(state, head, 0),
+              "dropout": dropout}
     return {"arch": f"resnet_{n}blocks", **kwargs}, mapping
 
 
 def _unet(state: dict) -> tuple[dict, dict]:
     """(srpkd kwargs, mapping) for a UnetGenerator of nested UnetSkipConnectionBlocks."""
     p = "model.model."
-    if f"{p}0.weight" not in state or f"{p}3.weight" not in state:
-        raise SrpkdError("not a UnetGenerator: the outermost convolutions (model.model.0, model.model.3) are missing")
     mapping = {f"{p}0": "downs.0.0", f"{p}3": "ups.0.1"}
     level = 1
     while True:
@@ -117,9 +126,9 @@ def _unet(state: dict) -> tuple[dict, dict]:
         mapping.update({f"{p}1": f"downs.{level}.1", f"{p}3": f"ups.{level}.1", f"{p}4": f"ups.{level}.2"})
         break
     num_downs = level + 1
-    w0 = state["model.model.0.weight"]
-    kwargs = {"ngf": w0.shape[0], "norm": _norm(state, "model.model.0", "model.model.1.model.2"),
-              "in_channels": w0.shape[1], "out_channels": state["model.model.3.weight"].shape[1], "dropout": 0.0}
+    kwargs = {"ngf": _conv_dim(state, "model.model.0.weight", 0), "norm": _norm(state, "model.model.0", "model.model.1.model.2"),
+              "in_channels": _conv_dim(state, "model.model.0.weight", 1),
+              "out_channels": _conv_dim(state, "model.model.3.weight", 1), "dropout": 0.0}
     arch = {7: "unet_128", 8: "unet_256"}.get(num_downs, f"unet with {num_downs} levels")
     return {"arch": arch, **kwargs}, mapping
 
