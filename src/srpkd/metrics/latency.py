@@ -1,0 +1,262 @@
+"""Latency profiling of a generator at batch 1: PyTorch eager, torch.compile, ONNX Runtime.
+
+Each runtime is warmed up, then timed over ``runs`` forward passes of one
+constant random input; the median and 90th percentile are reported in
+milliseconds (on CUDA every pass is synchronised, and the peak memory of the
+timed passes is reported). A runtime that cannot run here (no compiler for
+torch.compile, an export failure, a missing provider) is reported as failed
+with its reason; it never stops the others.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from ..errors import SrpkdError
+
+RUNTIMES = ("eager", "compile", "onnx")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (q in [0, 100])."""
+    xs = sorted(values)
+    if not xs:
+        raise ValueError("no values")
+    pos = (len(xs) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def summarize(times_ms: list[float]) -> dict:
+    return {
+        "median_ms": statistics.median(times_ms),
+        "p90_ms": percentile(times_ms, 90),
+        "mean_ms": statistics.fmean(times_ms),
+        "min_ms": min(times_ms),
+        "runs": len(times_ms),
+    }
+
+
+def time_callable(fn: Callable[[], object], warmup: int, runs: int, sync: Callable[[], None] | None = None) -> list[float]:
+    """Call ``fn`` ``warmup`` times, then time ``runs`` calls; milliseconds per call."""
+    sync = sync or (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_name()
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    first = next((t for t in text if t.strip()), "")
+    return f"{type(e).__name__}: {first[:300]}" if first else type(e).__name__
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, size: int, device: torch.device) -> None:
+    """Export with the project's exporter when there is one, else a plain ``torch.onnx.export``."""
+    try:
+        from ..export import onnx as project_onnx  # type: ignore[attr-defined]
+    except ImportError:
+        project_onnx = None
+    fn = getattr(project_onnx, "export_onnx", None) if project_onnx else None
+    if fn is not None:
+        try:
+            fn(model, path, size=size)
+            return
+        except TypeError:  # a different signature: fall back to the plain export below
+            pass
+    import logging
+    import warnings
+
+    x = torch.randn(1, 3, size, size, device=device)
+    loggers = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript", "torch.onnx", "torch.export")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["output"], dynamo=True, verbose=False)
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _onnx_session(path: Path, threads: int, device: torch.device):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if device.type == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise RuntimeError("onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
+        providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+    else:
+        providers = ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+
+
+def profile_runtime(model: nn.Module, runtime: str, size: int, device: torch.device, threads: int, warmup: int, runs: int) -> dict:
+    """Latency of one runtime; ``{"ok": False, "error": ...}`` when it cannot run."""
+    cuda = device.type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(device)) if cuda else None
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    out: dict = {"ok": False}
+    try:
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        if runtime == "eager":
+            with torch.inference_mode():
+                times = time_callable(lambda: model(x), warmup, runs, sync)
+        elif runtime == "compile":
+            compiled = torch.compile(model)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                compiled(x)
+                if sync:
+                    sync()
+                out["compile_s"] = time.perf_counter() - t0
+                times = time_callable(lambda: compiled(x), warmup, runs, sync)
+        elif runtime == "onnx":
+            import onnxruntime as ort
+
+            with tempfile.TemporaryDirectory(prefix="srpkd-onnx-") as tmp:
+                path = Path(tmp) / "model.onnx"
+                t0 = time.perf_counter()
+                export_onnx(model, path, size, device)
+                out["export_s"] = time.perf_counter() - t0
+                session = _onnx_session(path, threads, device)
+            name = session.get_inputs()[0].name
+            if cuda:  # bind the input on the GPU so the timing excludes host copies, like eager
+                binding = session.io_binding()
+                xc = x.contiguous()
+                binding.bind_input(name, "cuda", device.index or 0, _np_dtype(xc), tuple(xc.shape), xc.data_ptr())
+                binding.bind_output(session.get_outputs()[0].name, "cuda")
+                times = time_callable(lambda: session.run_with_iobinding(binding), warmup, runs, sync)
+            else:
+                feed = {name: x.cpu().numpy()}
+                times = time_callable(lambda: session.run(None, feed), warmup, runs)
+            out["providers"] = session.get_providers()
+            out["version"] = ort.__version__
+        else:
+            raise SrpkdError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+    except SrpkdError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a runtime failing is a result, not a crash
+        out["error"] = _reason(e)
+        return out
+    out.update(ok=True, **summarize(times))
+    if cuda:
+        out["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+def _np_dtype(t: torch.Tensor):
+    import numpy as np
+
+    return {torch.float32: np.float32, torch.float16: np.float16}[t.dtype]
+
+
+def profile_model(
+    model: nn.Module,
+    *,
+    size: int = 256,
+    runtimes: tuple[str, ...] | list[str] = ("eager",),
+    device: str | torch.device = "cpu",
+    threads: int = 0,
+    warmup: int = 5,
+    runs: int = 20,
+    source: str | None = None,
+) -> dict:
+    """Parameters, MACs and per-runtime latency of a generator at batch 1."""
+    from ..models import count_macs, count_params
+
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SrpkdError("--device cuda requested but CUDA is not available")
+    multiple = getattr(model, "size_multiple", 4)
+    if size <= 0 or size % multiple:
+        raise SrpkdError(f"--size must be a positive multiple of {multiple}, got {size}")
+    if warmup < 0 or runs < 1:
+        raise SrpkdError("--warmup must be >= 0 and --runs >= 1")
+    unknown = [r for r in runtimes if r not in RUNTIMES]
+    if unknown:
+        raise SrpkdError(f"unknown runtime(s) {', '.join(unknown)}; choose from {', '.join(RUNTIMES)}")
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        model = model.eval()
+        info = {
+            "format": 1,
+            "source": source,
+            "arch": getattr(model, "arch", type(model).__name__),
+            "kwargs": getattr(model, "arch_kwargs", {}),
+            "params": count_params(model),
+            "macs": count_macs(model, size),
+            "size": size,
+            "batch": 1,
+            "device": str(device),
+            "device_name": device_name(device),
+            "threads": torch.get_num_threads() if device.type == "cpu" else threads or None,
+            "warmup": warmup,
+            "runs": runs,
+            "versions": _versions(),
+            "runtimes": {},
+        }
+        model = model.to(device)
+        for runtime in runtimes:
+            info["runtimes"][runtime] = profile_runtime(model, runtime, size, device, threads or torch.get_num_threads(), warmup, runs)
+        return info
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _versions() -> dict:
+    v = {"python": platform.python_version(), "torch": torch.__version__}
+    try:
+        import onnxruntime
+
+        v["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        v["onnxruntime"] = None
+    if torch.cuda.is_available():
+        v["cuda"] = torch.version.cuda
+    return v
