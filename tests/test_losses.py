@@ -394,3 +394,26 @@ def test_pool_errors():
         ImagePool(1).load_state_dict(ImagePool(3).state_dict() | {"images": torch.zeros(2, 3, 4, 4), "count": 2})
     with pytest.raises(SrpkdError):
         ImagePool(-1)
+
+
+# --------------------------------------------------------------------------- benchmark script
+
+
+def test_relation_benchmark_script_smoke(capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "relation_loss.py"
+    spec = importlib.util.spec_from_file_location("relation_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--json", "--hw", "16", "64", "--c-t", "8", "--c-s", "4", "--repeats", "1",
+                       "--dense-repeats", "1", "--dense-budget-gib", "1e-4"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["hw"] for r in rows] == [16, 64]
+    keys = {"hw", "c_t", "c_s", "dense_ms", "factorized_ms", "dense_peak_mb", "factorized_peak_mb", "max_rel_err"}
+    assert keys <= rows[0].keys() and keys <= rows[1].keys()
+    assert rows[0]["max_rel_err"] < 1e-12 and rows[0]["dense_peak_mb"] > 0
+    assert rows[1]["dense_ms"] is None and rows[1]["max_rel_err"] is None  # 6 * 64^2 * 8 B > 1e-4 GiB
+    assert rows[1]["dense_note"].startswith("skipped: needs")
