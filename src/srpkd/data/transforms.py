@@ -35,7 +35,8 @@ class Params(NamedTuple):
 
 
 class Transform:
-    def __init__(self, preprocess: str = "resize_and_crop", load_size: int = 286, crop_size: int = 256, flip: bool = True):
+    def __init__(self, preprocess: str = "resize_and_crop", load_size: int = 286, crop_size: int = 256,
+                 flip: bool = True):
         if preprocess not in PREPROCESS:
             raise SrpkdError(f"unknown preprocess {preprocess!r}; choose one of: {', '.join(PREPROCESS)}")
         if load_size <= 0 or crop_size <= 0:

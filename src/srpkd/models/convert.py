@@ -35,7 +35,10 @@ _CONTAINERS = ("state_dict", "model", "generator", "netG", "G", "params")
 
 
 def _is_state(o) -> bool:
-    return isinstance(o, dict) and bool(o) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in o.items())
+    """A non-empty dict of str -> tensor."""
+    if not isinstance(o, dict) or not o:
+        return False
+    return all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in o.items())
 
 
 def read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -49,9 +52,8 @@ def read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         lines = [ln.strip() for ln in str(e).splitlines()]
         code = [ln for ln in lines if "global" in ln.lower()]
         if code:  # a class or function reference: the pickle would run or build arbitrary objects
-            raise SrpkdError(
-                f"{path} is refused: it holds Python objects that torch.load(weights_only=True) will not load ({code[0]})"
-            ) from None
+            raise SrpkdError(f"{path} is refused: it holds Python objects that "
+                             f"torch.load(weights_only=True) will not load ({code[0]})") from None
         why = next((ln for ln in lines if ln.startswith("Unsupported")), "not a pickle")
         raise SrpkdError(f"{path} is not a readable PyTorch weights file ({why})") from None
     except Exception as e:  # garbage makes the unpickler raise anything: struct.error, IndexError, KeyError...
@@ -60,7 +62,8 @@ def read_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict) and not _is_state(obj):
         inner = [obj[k] for k in _CONTAINERS if _is_state(obj.get(k))]
         if not inner:
-            raise SrpkdError(f"{path} holds no generator state_dict (top-level keys: {', '.join(map(repr, list(obj)[:8]))})")
+            keys = ", ".join(map(repr, list(obj)[:8]))
+            raise SrpkdError(f"{path} holds no generator state_dict (top-level keys: {keys})")
         obj = inner[0]
     if not _is_state(obj):
         raise SrpkdError(f"{path} holds no generator state_dict (found {type(obj).__name__})")
@@ -96,8 +99,8 @@ def _resnet(state: dict) -> tuple[dict, dict]:
         raise SrpkdError("residual blocks use padding_type 'zero'; srpkd's ResNet uses reflect padding only")
     dropout = 0.5 if n and getattr(state.get(f"model.10.{inner}.6.weight"), "ndim", 0) == 4 else 0.0
     conv2, norm2 = (6, 7) if dropout else (5, 6)
-    names = {"1": "stem.1", "2": "stem.2", "4": "down1.0", "5": "down1.1", "7": "down2.0", "8": "down2.1",
-             str(10 + n): "up1.0", str(11 + n): "up1.1", str(13 + n): "up2.0", str(14 + n): "up2.1", str(17 + n): "head.1"}
+    names = {1: "stem.1", 2: "stem.2", 4: "down1.0", 5: "down1.1", 7: "down2.0", 8: "down2.1",
+             10 + n: "up1.0", 11 + n: "up1.1", 13 + n: "up2.0", 14 + n: "up2.1", 17 + n: "head.1"}
     mapping = {f"model.{k}": v for k, v in names.items()}
     for i in range(n):
         for j in (1, 2, conv2, norm2):
@@ -126,7 +129,8 @@ def _unet(state: dict) -> tuple[dict, dict]:
         mapping.update({f"{p}1": f"downs.{level}.1", f"{p}3": f"ups.{level}.1", f"{p}4": f"ups.{level}.2"})
         break
     num_downs = level + 1
-    kwargs = {"ngf": _conv_dim(state, "model.model.0.weight", 0), "norm": _norm(state, "model.model.0", "model.model.1.model.2"),
+    kwargs = {"ngf": _conv_dim(state, "model.model.0.weight", 0),
+              "norm": _norm(state, "model.model.0", "model.model.1.model.2"),
               "in_channels": _conv_dim(state, "model.model.0.weight", 1),
               "out_channels": _conv_dim(state, "model.model.3.weight", 1), "dropout": 0.0}
     arch = {7: "unet_128", 8: "unet_256"}.get(num_downs, f"unet with {num_downs} levels")
@@ -143,7 +147,8 @@ def infer_layout(state: dict) -> tuple[dict, dict]:
                      "expected a pytorch-CycleGAN-and-pix2pix ResnetGenerator or UnetGenerator state_dict")
 
 
-def convert_state(state: dict, arch: str | None = None, source: str | os.PathLike = "weights", **overrides) -> nn.Module:
+def convert_state(state: dict, arch: str | None = None, source: str | os.PathLike = "weights",
+                  **overrides) -> nn.Module:
     """Build the srpkd generator for a foreign state_dict and load it strictly.
 
     ``arch`` and keyword ``overrides`` (``ngf``, ``norm``, ``dropout``...) replace
@@ -152,7 +157,10 @@ def convert_state(state: dict, arch: str | None = None, source: str | os.PathLik
     from ..checkpoint import load_state_strict
     from .registry import create_generator, list_models
 
-    found, mapping = infer_layout(state)
+    try:
+        found, mapping = infer_layout(state)
+    except SrpkdError as e:
+        raise SrpkdError(f"{source}: {e}") from None
     inferred_arch = found.pop("arch")
     arch = arch or inferred_arch
     if arch not in list_models("generator"):
@@ -171,9 +179,10 @@ def convert_state(state: dict, arch: str | None = None, source: str | os.PathLik
         if name in STATS and kwargs["norm"] != "batch":
             continue  # InstanceNorm statistics of old files
         out[f"{mapping[module]}.{name}" if module in mapping else key] = value
-    for key, value in own.items():
-        if key not in out and (key.endswith("num_batches_tracked") or (kwargs["norm"] == "none" and key.endswith(".bias"))):
-            out[key] = torch.zeros_like(value)  # absent in old BatchNorm files / pix2pix norm 'none' has no biases
+    for key, value in own.items():  # absent from old BatchNorm files; pix2pix's norm 'none' has no conv biases
+        zero_ok = key.endswith("num_batches_tracked") or (kwargs["norm"] == "none" and key.endswith(".bias"))
+        if key not in out and zero_ok:
+            out[key] = torch.zeros_like(value)
     load_state_strict(model, out, source)
     return model.eval()
 
