@@ -69,8 +69,11 @@ def write_json_atomic(path: str | os.PathLike, data: dict) -> Path:
     from ..checkpoint import atomic_path
 
     path = Path(path)
+    from ..report import _readable
+
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
+        _readable(tmp)
     return path
 
 

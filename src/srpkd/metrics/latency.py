@@ -106,7 +106,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, size: int, device: to
     levels = [lg.level for lg in loggers]
     try:
         for lg in loggers:
-            lg.setLevel(logging.WARNING)
+            lg.setLevel(logging.ERROR)
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["output"], dynamo=True, verbose=False)

@@ -1,0 +1,341 @@
+"""Self-contained HTML reports of training runs (images inlined as base64 PNG).
+
+``write_report(run_dir)`` writes ``run_dir/report.html``: the resolved config,
+a teacher-vs-student table (parameters, MACs, latency when ``profile.json``
+is present, FID/KID and fidelity from ``metrics.json``), the sample grid
+(``samples.png``: input | teacher | student | target) and the loss curves
+drawn from ``log.jsonl``. ``write_comparison(run_dirs, out)`` puts several
+runs side by side, one column per run. Anything missing is shown as
+"not measured"; a report never fails because a run is incomplete.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import SrpkdError
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:.3em .7em;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+.na{color:#999;font-style:italic}.note{color:#666;font-size:.9em}
+pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:.85em;max-height:30em}
+img{max-width:100%;border:1px solid #ddd}figure{margin:1em 0}figcaption{color:#555;font-size:.9em}
+"""
+
+NOT_MEASURED = '<span class="na">not measured</span>'
+
+# (label, section, key, format, direction hint)
+METRIC_ROWS = [
+    ("FID (vs real)", "fid", "{:.2f}", "lower is better"),
+    ("KID (vs real)", "kid", "{:.4f}", "lower is better"),
+    ("PSNR to ground truth (dB)", "psnr", "{:.2f}", "higher is better"),
+    ("SSIM to ground truth", "ssim", "{:.4f}", "higher is better"),
+]
+FIDELITY_ROWS = [
+    ("FID student vs teacher", "fid", "{:.2f}", "lower is better"),
+    ("KID student vs teacher", "kid", "{:.4f}", "lower is better"),
+    ("PSNR student vs teacher (dB)", "psnr", "{:.2f}", "higher is better"),
+    ("L1 student vs teacher", "l1", "{:.4f}", "lower is better"),
+    ("ST-LPIPS student vs teacher", "st_lpips", "{:.4f}", "lower is better"),
+]
+
+
+# ----------------------------------------------------------------------------- reading a run
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def read_log(path: Path) -> list[dict]:
+    """Records of log.jsonl; unreadable lines (e.g. a line cut by a crash) are skipped."""
+    records = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return records
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records
+
+
+def _config(run: Path) -> tuple[Any, str | None]:
+    """(Config or None, config text or None)."""
+    path = run / "config.yaml"
+    if not path.is_file():
+        return None, None
+    text = path.read_text(errors="replace")
+    try:
+        from .config import load_config
+
+        return load_config(path), text
+    except SrpkdError:
+        return None, text
+
+
+def _model_info(model, size: int) -> dict:
+    from .models import count_macs, count_params
+
+    info = {"params": count_params(model), "arch": getattr(model, "arch", None), "kwargs": getattr(model, "arch_kwargs", {})}
+    try:
+        info["macs"] = count_macs(model, size)
+    except Exception:  # noqa: BLE001 - an uncountable model only loses its MAC figure
+        info["macs"] = None
+    return info
+
+
+def collect(run_dir: str | os.PathLike) -> dict:
+    """Everything a report shows about one run; missing pieces are None."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise SrpkdError(f"run folder not found: {run}")
+    cfg, cfg_text = _config(run)
+    size = cfg.data.crop_size if cfg else 256
+    info: dict[str, Any] = {"name": run.name, "path": str(run), "config": cfg, "config_text": cfg_text, "size": size}
+    info["metrics"] = _read_json(run / "metrics.json")
+    info["profile"] = _read_json(run / "profile.json")
+    info["teacher_profile"] = _read_json(run / "profile_teacher.json")
+    info["log"] = read_log(run / "log.jsonl")
+    info["samples"] = run / "samples.png" if (run / "samples.png").is_file() else None
+    student = teacher = None
+    try:
+        from .checkpoint import load_generator
+
+        student = _model_info(load_generator(run), size)
+    except SrpkdError:
+        pass
+    spec = cfg.teacher.checkpoint if cfg else None
+    if spec:
+        try:
+            from .assets import resolve_teacher
+
+            teacher = _model_info(resolve_teacher(spec), size)
+        except (SrpkdError, ImportError):
+            pass
+    info["student"], info["teacher"], info["teacher_spec"] = student, teacher, spec
+    return info
+
+
+# ----------------------------------------------------------------------------- rendering pieces
+
+
+def _png_data_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _image_file_uri(path: Path) -> str | None:
+    try:
+        from PIL import Image
+
+        with Image.open(path) as img:
+            img.load()
+            buf = io.BytesIO()
+            img.convert("RGB").save(buf, format="PNG")
+        return _png_data_uri(buf.getvalue())
+    except Exception:  # noqa: BLE001 - a damaged image is reported as missing
+        return None
+
+
+def loss_curves_png(records: list[dict]) -> bytes | None:
+    """A grid of loss curves (one panel per ``loss/*`` key, against the step), as PNG bytes."""
+    keys = sorted({k for r in records for k, v in r.items() if k.startswith("loss/") and isinstance(v, (int, float))})
+    if not keys:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float)) and isinstance(r.get("step"), (int, float)) and math.isfinite(r[key])]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, lw=1.2)
+            if min(ys) > 0 and max(ys) / max(min(ys), 1e-12) > 100:
+                ax.set_yscale("log")
+        ax.set_title(key[len("loss/"):], fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _fmt(value, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return NOT_MEASURED
+    return html.escape(fmt.format(value))
+
+
+def _count(value, unit: float, suffix: str) -> str:
+    return NOT_MEASURED if value is None else f"{value / unit:.2f} {suffix}"
+
+
+def _primary(metrics: dict | None) -> dict:
+    if not metrics or not isinstance(metrics.get("directions"), dict) or not metrics["directions"]:
+        return {}
+    d = metrics["directions"]
+    return d.get(metrics.get("primary")) or next(iter(d.values()))
+
+
+def _latency(profile: dict | None) -> str:
+    if not profile or not isinstance(profile.get("runtimes"), dict):
+        return NOT_MEASURED
+    parts = [f"{name} {t['median_ms']:.1f}" for name, t in profile["runtimes"].items() if isinstance(t, dict) and t.get("ok")]
+    if not parts:
+        return NOT_MEASURED
+    where = f"{profile.get('device', '?')}, {profile.get('threads', '?')} threads"
+    return html.escape(f"{', '.join(parts)} ms ({where})")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="metrics"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _run_table(info: dict) -> str:
+    m = _primary(info["metrics"])
+    s, t = info["student"] or {}, info["teacher"] or {}
+    rows = [
+        ["Architecture", html.escape(f"{t.get('arch')} {t.get('kwargs')}") if t else NOT_MEASURED,
+         html.escape(f"{s.get('arch')} {s.get('kwargs')}") if s else NOT_MEASURED],
+        ["Parameters", _count(t.get("params"), 1e6, "M"), _count(s.get("params"), 1e6, "M")],
+        [f"MACs at {info['size']} px", _count(t.get("macs"), 1e9, "G"), _count(s.get("macs"), 1e9, "G")],
+        ["Latency, median", _latency(info["teacher_profile"]), _latency(info["profile"])],
+    ]
+    for label, key, fmt, hint in METRIC_ROWS:
+        rows.append([f"{label} <span class=note>({hint})</span>", _fmt(m.get("teacher", {}).get(key), fmt), _fmt(m.get("student", {}).get(key), fmt)])
+    table = _table(["", "teacher", "student"], rows)
+    fid_rows = [[f"{label} <span class=note>({hint})</span>", _fmt(m.get("fidelity", {}).get(key), fmt)] for label, key, fmt, hint in FIDELITY_ROWS]
+    table += "<h3>Fidelity to the teacher</h3>" + _table(["", "student"], fid_rows)
+    if m:
+        ref = m.get("reference")
+        note = f"{m.get('n_images')} test images, direction {m.get('direction')}, {m.get('size')} px"
+        if ref:
+            note += f"; FID/KID reference: {ref.get('name')} ({ref.get('count')} images)"
+        table += f'<p class="note">{html.escape(note)}. KID uses subsets of {m.get("student", m.get("fidelity", {})).get("kid_subset_size", "?")} images.</p>'
+    other = [k for k in (info["metrics"] or {}).get("directions", {}) if k != (info["metrics"] or {}).get("primary")]
+    for direction in other:
+        d = info["metrics"]["directions"][direction]
+        rows = [[label, _fmt(d.get("teacher", {}).get(key), fmt), _fmt(d.get("student", {}).get(key), fmt)] for label, key, fmt, _ in METRIC_ROWS]
+        table += f"<h3>Direction {html.escape(direction)}</h3>" + _table(["", "teacher", "student"], rows)
+    return table
+
+
+def _images(info: dict) -> str:
+    if info["samples"] is None:
+        return '<p class="na">no samples.png in this run</p>'
+    uri = _image_file_uri(info["samples"])
+    if uri is None:
+        return '<p class="na">samples.png could not be read</p>'
+    return f'<figure><img alt="samples of {html.escape(info["name"])}" src="{uri}"><figcaption>input | teacher | student | target (samples.png)</figcaption></figure>'
+
+
+def _curves(info: dict) -> str:
+    png = loss_curves_png(info["log"])
+    if png is None:
+        return '<p class="na">no losses logged (log.jsonl missing or empty)</p>'
+    return f'<figure><img alt="loss curves of {html.escape(info["name"])}" src="{_png_data_uri(png)}"><figcaption>losses from log.jsonl</figcaption></figure>'
+
+
+def _page(title: str, body: str) -> str:
+    from . import __version__
+
+    stamp = time.strftime("%Y-%m-%d %H:%M")
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{CSS}</style></head><body>{body}"
+            f'<p class="note">srpkd {html.escape(__version__)}, {stamp}</p></body></html>')
+
+
+def render_run(info: dict) -> str:
+    cfg = info["config"]
+    summary = f"task {cfg.task}, data {cfg.data.mode} {cfg.data.root or ''} {cfg.data.direction}" if cfg else "no readable config.yaml"
+    body = [
+        f"<h1>srpkd run {html.escape(info['name'])}</h1>",
+        f'<p class="note">{html.escape(info["path"])} &mdash; {html.escape(summary)}; teacher {html.escape(str(info["teacher_spec"]))}</p>',
+        "<h2>Metrics</h2>", _run_table(info),
+        "<h2>Samples</h2>", _images(info),
+        "<h2>Loss curves</h2>", _curves(info),
+        "<h2>Configuration</h2>",
+        f"<pre>{html.escape(info['config_text'])}</pre>" if info["config_text"] else '<p class="na">no config.yaml</p>',
+    ]
+    return _page(f"srpkd {info['name']}", "\n".join(body))
+
+
+def render_comparison(infos: list[dict]) -> str:
+    names = [html.escape(i["name"]) for i in infos]
+    prim = [_primary(i["metrics"]) for i in infos]
+    rows = [
+        ["Task"] + [html.escape(i["config"].task) if i["config"] else NOT_MEASURED for i in infos],
+        ["Student"] + [html.escape(f"{i['student']['arch']} {i['student']['kwargs']}") if i["student"] else NOT_MEASURED for i in infos],
+        ["Parameters"] + [_count((i["student"] or {}).get("params"), 1e6, "M") for i in infos],
+        ["MACs"] + [_count((i["student"] or {}).get("macs"), 1e9, "G") for i in infos],
+        ["Latency, median"] + [_latency(i["profile"]) for i in infos],
+        ["SRP weight (loss.srp)"] + [html.escape(str(i["config"].loss.srp)) if i["config"] else NOT_MEASURED for i in infos],
+        ["KD weight (loss.kd)"] + [html.escape(str(i["config"].loss.kd)) if i["config"] else NOT_MEASURED for i in infos],
+    ]
+    for label, key, fmt, hint in METRIC_ROWS:
+        rows.append([f"{label} <span class=note>({hint})</span>"] + [_fmt(p.get("student", {}).get(key), fmt) for p in prim])
+    for label, key, fmt, hint in FIDELITY_ROWS:
+        rows.append([f"{label} <span class=note>({hint})</span>"] + [_fmt(p.get("fidelity", {}).get(key), fmt) for p in prim])
+    body = ["<h1>srpkd runs compared</h1>", "<h2>Metrics</h2>", _table([""] + names, rows)]
+    for info in infos:
+        body += [f"<h2>{html.escape(info['name'])}</h2>", _images(info), _curves(info)]
+    return _page("srpkd comparison", "\n".join(body))
+
+
+def _write(path: Path, text: str) -> Path:
+    from .checkpoint import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+        _readable(tmp)
+    return path
+
+
+def _readable(path: Path) -> None:
+    """Temporary files are created 0600; give the final file the usual umask permissions."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Write ``run_dir/report.html`` (or ``out``) atomically and return its path."""
+    info = collect(run_dir)
+    return _write(Path(out) if out else Path(run_dir) / "report.html", render_run(info))
+
+
+def write_comparison(run_dirs: list[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """One page comparing several runs (one column per run)."""
+    if not run_dirs:
+        raise SrpkdError("no runs to compare")
+    return _write(Path(out), render_comparison([collect(r) for r in run_dirs]))
