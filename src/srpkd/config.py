@@ -58,7 +58,7 @@ class DataConfig:
     flip: bool = True
     serial: bool = False  # unaligned: pair A[i] with B[i] instead of a random B
     max_images: int | None = None  # builtin: number of crops per epoch (or of fixed crops)
-    fixed_crops: bool = False  # builtin: a fixed set of training crops (deterministic: the teacher cache can be used)
+    fixed_crops: bool = False  # builtin only (ignored for folders): a fixed set of training crops, so the teacher cache can be used
     num_workers: int = 0
 
 

@@ -95,7 +95,7 @@ def _build_dataset(cfg: Config, split: str, train: bool):
     from ..data.datasets import build_dataset
 
     d = cfg.data
-    fixed = d.fixed_crops if train else False
+    fixed = d.fixed_crops and train and d.mode == "builtin"  # folders: deterministic = fixed preprocess, no flip
     kwargs = dict(
         mode=d.mode, root=d.root, split=split, direction=d.direction, load_size=d.load_size, crop_size=d.crop_size,
         preprocess=d.preprocess, flip=d.flip if train else False, serial=d.serial if train else True,

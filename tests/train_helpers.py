@@ -1,0 +1,40 @@
+"""Tiny configurations shared by the training tests (ngf 4-8, 32 px, ndf 8, a few steps)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from srpkd import create_generator, save_generator
+
+TINY = [
+    "--set", "student.ngf=4", "--set", "discriminator.ndf=8", "--set", "discriminator.n_layers=2",
+    "--set", "log_every=1", "--set", "eval_images=2", "--set", "threads=1", "--quiet",
+]
+
+
+def tiny_teacher(path: Path, arch: str = "resnet_6blocks", ngf: int = 8, seed: int = 0, **kw) -> Path:
+    torch.manual_seed(seed)
+    from srpkd.models import init_weights
+
+    g = init_weights(create_generator(arch, ngf=ngf, **kw), gain=0.2)
+    save_generator(g, path)
+    return path
+
+
+def read_log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def load_state(path: Path) -> dict[str, torch.Tensor]:
+    from srpkd.checkpoint import load_tensors
+
+    return load_tensors(path)[0]
+
+
+def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefixes=("G.", "D.", "G_B.", "D_B.", "adapters.", "optG.", "optD.")):
+    keys = [k for k in a if k.startswith(prefixes)]
+    assert keys and sorted(keys) == sorted(k for k in b if k.startswith(prefixes))
+    for k in keys:
+        assert torch.equal(a[k], b[k]), k
