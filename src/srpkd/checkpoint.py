@@ -5,13 +5,16 @@ A generator file is one ``.safetensors`` file whose header metadata holds
 as JSON, so :func:`load_generator` rebuilds the model with no other input.
 Nothing is ever unpickled. Every write goes to a temporary file in the same
 folder, is flushed to disk and then renamed over the target, so a crash leaves
-either the old file or the new one, never half of one.
+either the old file or the new one, never half of one; the temporary file a
+killed writer leaves behind is removed by the next write into that folder.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,6 +27,67 @@ from .errors import SrpkdError
 FORMAT = 1
 
 
+_TAG = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname() or "host")[:32]
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that killed writers left in ``folder``.
+
+    Temporary names carry the writer's host and process id
+    (``.NAME.<host>-<pid>.XXXXXXXX.tmp``); a file of this host whose process no
+    longer exists can only be the remains of a crash (SIGKILL, power loss)
+    during a write. Files of live processes, of other hosts and of other
+    programs are left alone. Called on every atomic write into the folder.
+    """
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        if not (name.startswith(".") and name.endswith(".tmp")):
+            continue
+        parts = name.rsplit(".", 3)
+        if len(parts) != 4 or "-" not in parts[1]:
+            continue
+        host, pid = parts[1].rsplit("-", 1)
+        if host != _TAG or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive (or a reused pid): leave it
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue  # e.g. PermissionError: the process exists
+        try:
+            os.unlink(os.path.join(folder, name))
+            removed.append(Path(folder) / name)
+        except OSError:
+            pass
+    return removed
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (POSIX); a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it over ``path``.
@@ -34,16 +98,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     parent = path.parent if str(path.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_TAG}-{os.getpid()}.", suffix=".tmp", dir=parent)
     except OSError as e:
         raise SrpkdError(f"cannot write {path}: {e.strerror or e}") from None
+    remove_stale_temps(parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
+        # mkstemp makes the file 0600 (and writers such as safetensors may recreate it):
+        # give the result the permissions open() would, 0666 & ~umask
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(parent)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise SrpkdError(f"cannot write {path}: {e.strerror or e}") from None
