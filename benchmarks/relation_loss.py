@@ -7,7 +7,11 @@ detached (as in training), student features (1, 64, H, W) that require grad,
 H = W = sqrt(HW). Measured for each method:
 
 - time: forward + backward, median of ``--repeats`` runs after one warm-up
-  (on CUDA with a synchronize before reading the clock);
+  (on CUDA with a synchronize before reading the clock), plus the mean
+  process CPU time per run (``*_cpu_ms``, all threads) and the 1-minute load
+  average at the start of the case, because on a shared machine the wall time
+  depends on what else runs (with more runnable threads than cores, OpenMP's
+  default spin-waiting makes every small op slow: try OMP_WAIT_POLICY=PASSIVE);
 - peak memory: the most bytes the torch allocator held during one forward +
   backward beyond what was held before it (inputs excluded, the gradient
   included). On CPU it is the running total of the allocation and free events
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -75,15 +80,17 @@ def peak_bytes(fn, device: torch.device) -> int:
 def measure(ft, fs, method: str, repeats: int, device: torch.device) -> dict:
     step(ft, fs, method)  # warm-up
     times = []
+    cpu0 = time.process_time()
     for _ in range(repeats):
         sync(device)
         t0 = time.perf_counter()
         loss = step(ft, fs, method)
         sync(device)
         times.append(time.perf_counter() - t0)
+    cpu = (time.process_time() - cpu0) / repeats
     grad, fs.grad = fs.grad.clone(), None
     peak = peak_bytes(lambda: step(ft, fs, method), device)
-    return {"ms": 1e3 * statistics.median(times), "peak_mb": peak / 2**20, "loss": loss, "grad": grad}
+    return {"ms": 1e3 * statistics.median(times), "cpu_ms": 1e3 * cpu, "peak_mb": peak / 2**20, "loss": loss, "grad": grad}
 
 
 def run_case(hw: int, c_t: int, c_s: int, args, device: torch.device) -> dict:
@@ -92,7 +99,8 @@ def run_case(hw: int, c_t: int, c_s: int, args, device: torch.device) -> dict:
     gen = torch.Generator().manual_seed(hw)
     ft = torch.randn(1, c_t, side, side, generator=gen).relu().to(device)
     fs = torch.randn(1, c_s, side, side, generator=gen).to(device).requires_grad_()
-    row = {"hw": hw, "c_t": c_t, "c_s": c_s, "device": str(device), "threads": torch.get_num_threads()}
+    row = {"hw": hw, "c_t": c_t, "c_s": c_s, "device": str(device), "threads": torch.get_num_threads(),
+           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), "load_avg_1min": round(os.getloadavg()[0], 2)}
     fact = measure(ft, fs, "factorized", args.repeats, device)
     dense_gib = DENSE_MATRICES * hw**2 * 8 / 2**30
     if dense_gib > args.dense_budget_gib:
@@ -105,6 +113,8 @@ def run_case(hw: int, c_t: int, c_s: int, args, device: torch.device) -> dict:
         factorized_ms=round(fact["ms"], 2),
         dense_peak_mb=round(dense["peak_mb"], 2) if dense else None,
         factorized_peak_mb=round(fact["peak_mb"], 2),
+        dense_cpu_ms=round(dense["cpu_ms"], 2) if dense else None,
+        factorized_cpu_ms=round(fact["cpu_ms"], 2),
     )
     if dense:
         row["max_rel_err"] = rel_err(*(float64_run(ft, fs, m) for m in ("factorized", "dense")))
@@ -128,7 +138,8 @@ def rel_err(fact: tuple[torch.Tensor, torch.Tensor], dense: tuple[torch.Tensor, 
 
 
 def print_table(rows: list[dict]) -> None:
-    head = ["HW", "C_t/C_s", "dense ms", "fact ms", "speed-up", "dense MiB", "fact MiB", "mem ratio", "max rel err"]
+    head = ["HW", "C_t/C_s", "dense ms", "fact ms", "speed-up", "dense MiB", "fact MiB", "mem ratio", "max rel err",
+            "fact CPU ms", "load"]
     print(" | ".join(head))
     print(" | ".join("-" * len(h) for h in head))
     for r in rows:
@@ -143,10 +154,15 @@ def print_table(rows: list[dict]) -> None:
             f"{r['factorized_peak_mb']:.2f}",
             f"1/{r['dense_peak_mb'] / r['factorized_peak_mb']:.0f}" if d else "-",
             f"{r['max_rel_err']:.1e}" if d else "-",
+            f"{r['factorized_cpu_ms']:.1f}",
+            f"{r['load_avg_1min']:.1f}",
         ]
         print(" | ".join(cells))
     r = rows[0]
-    print(f"\ndevice {r['device']}, {r['threads']} threads, torch {torch.__version__}; batch 1, teacher detached")
+    print(
+        f"\ndevice {r['device']}, {r['threads']} threads, OMP_WAIT_POLICY {r['omp_wait_policy']}, "
+        f"torch {torch.__version__}; batch 1, teacher detached; load = 1-minute load average"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
