@@ -44,12 +44,12 @@ def run(args) -> int:
         raise SrpkdError("--batch must be positive")
     if args.max_images is not None and args.max_images < 2:
         raise SrpkdError("--max-images must be at least 2 (FID needs two images)")
+    if args.real and not args.images:
+        raise SrpkdError("--real goes with --images")
     if args.images and args.target:
         raise SrpkdError("give a run/checkpoint or --images DIR, not both")
     if not args.images and not args.target:
         raise SrpkdError("give a run folder or checkpoint, or --images DIR with --real DIR or --data DIR")
-    if args.real and not args.images:
-        raise SrpkdError("--real goes with --images")
     device = resolve_device(args.device)
     scorer = Scorer(device=device, batch=args.batch, progress=not args.quiet, perceptual=not args.no_perceptual,
                     cache=FeatureCache(enabled=not args.no_cache))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -109,7 +110,9 @@ class InceptionFeatures(nn.Module):
         super().__init__()
         path = Path(path) if path else locate_fid_inception()
         try:
-            self.net = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():  # TorchScript is deprecated, but this network ships only as TorchScript
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.net = torch.jit.load(str(path), map_location="cpu")
         except (RuntimeError, OSError, ValueError) as e:
             raise SrpkdError(f"cannot load the FID Inception network {path}: {str(e).splitlines()[0]}") from None
         self.net.eval()

@@ -1,0 +1,120 @@
+"""srpkd report: self-contained HTML of a run, with or without metrics/logs; several runs side by side."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from srpkd.checkpoint import save_generator
+from srpkd.cli.main import main
+from srpkd.models import create_generator
+from srpkd.report import loss_curves_png, read_log, write_comparison, write_report
+
+
+def make_run(tmp_path, name="r", metrics=True, log=True, samples=True):
+    from srpkd.config import load_config
+
+    teacher = tmp_path / "teacher.safetensors"
+    if not teacher.exists():
+        save_generator(create_generator("resnet_9blocks", ngf=8), teacher)
+    cfg = load_config(None, ["task=paired", "data.mode=aligned", "data.root=/data/facades", "data.crop_size=32",
+                             "data.load_size=36", f"teacher.checkpoint={teacher}", "optim.steps=20", "loss.srp=50"])
+    run = tmp_path / "runs" / name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg)))
+    save_generator(create_generator("resnet_9blocks", ngf=4), run / "student.safetensors")
+    if log:
+        with open(run / "log.jsonl", "w") as f:
+            for s in range(0, 20, 2):
+                f.write(json.dumps({"step": s, "epoch": 0, "lr": 2e-4, "time": s, "loss/kd": 1 / (1 + s), "loss/srp": 0.1 - s / 1000}) + "\n")
+            f.write('{"step": 20, "loss/kd": 0.0')  # a line cut by a crash
+    if samples:
+        Image.fromarray((np.random.default_rng(0).random((32, 128, 3)) * 255).astype("uint8")).save(run / "samples.png")
+    if metrics:
+        d = {"n_images": 2, "direction": "AtoB", "size": 32, "reference": {"name": "test B halves", "count": 2},
+             "student": {"fid": 123.456, "kid": 0.0123, "kid_subset_size": 2, "psnr": 20.5, "ssim": 0.61},
+             "teacher": {"fid": 98.7, "kid": 0.01, "psnr": 22.0, "ssim": 0.7},
+             "fidelity": {"fid": 12.3, "kid": 0.002, "psnr": 30.1, "l1": 0.05, "st_lpips": 0.1}}
+        (run / "metrics.json").write_text(json.dumps({"format": 1, "task": "paired", "primary": "AtoB", "directions": {"AtoB": d}}))
+    return run
+
+
+def test_report_with_everything(tmp_path):
+    run = make_run(tmp_path)
+    path = write_report(run)
+    assert path == run / "report.html"
+    text = path.read_text()
+    assert "123.46" in text and "98.70" in text and "30.10" in text  # student, teacher, fidelity
+    assert text.count("data:image/png;base64,") == 2  # samples and loss curves, inlined
+    assert "src=\"http" not in text and "<script" not in text  # self-contained
+    assert "srp: 50.0" in text  # the resolved config
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_report_of_an_incomplete_run_says_not_measured(tmp_path):
+    run = make_run(tmp_path, metrics=False, log=False, samples=False)
+    text = write_report(run).read_text()
+    assert "not measured" in text and "no samples.png" in text and "no losses logged" in text
+
+
+def test_report_of_a_bare_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    text = write_report(tmp_path / "empty").read_text()
+    assert "no config.yaml" in text and "not measured" in text
+
+
+def test_log_reader_and_curves():
+    assert loss_curves_png([]) is None
+    png = loss_curves_png([{"step": i, "loss/a": 1.0 / (i + 1)} for i in range(5)])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_read_log_skips_bad_lines(tmp_path):
+    p = tmp_path / "log.jsonl"
+    p.write_text('{"step": 1}\nnot json\n[1]\n{"step": 2}\n')
+    assert [r["step"] for r in read_log(p)] == [1, 2]
+    assert read_log(tmp_path / "missing.jsonl") == []
+
+
+def test_comparison_has_one_column_per_run(tmp_path):
+    a, b = make_run(tmp_path, "baseline"), make_run(tmp_path, "srp", metrics=False)
+    out = write_comparison([a, b], tmp_path / "cmp.html")
+    text = out.read_text()
+    header = re.search(r"<thead><tr>(.*?)</tr></thead>", text).group(1)
+    assert "baseline" in header and "srp" in header
+    assert "123.46" in text and "not measured" in text
+
+
+def test_cli_report(tmp_path, capsys):
+    run = make_run(tmp_path)
+    assert main(["report", str(run)]) == 0
+    assert (run / "report.html").is_file()
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "run folder not found" in capsys.readouterr().err
+
+
+def chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(chromium() is None, reason="Chromium not installed")
+def test_report_renders_in_headless_chromium(tmp_path):
+    run = make_run(tmp_path)
+    path = write_report(run)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([chromium(), *flags, "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=60).stdout
+    assert "<table" in dom and "123.46" in dom and dom.count("<img") == 2
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium(), *flags, "--window-size=1000,1400", f"--screenshot={shot}", path.as_uri()],
+                   capture_output=True, timeout=60)
+    img = np.asarray(Image.open(shot).convert("L"))
+    assert img.shape == (1400, 1000) and img.std() > 10  # something was drawn, not a blank page
