@@ -400,6 +400,374 @@ def _(t):
     return Case(["import", str(p), str(out)], [str(out), "No space left"], intact={out: old}, no_tmp_in=[out.parent], setup=setup)
 
 
+# -- `srpkd distill`: data, config, checkpoints, outputs, faults during the run
+
+
+def distill_world(t: Path) -> dict:
+    """6 aligned 64x32 pairs, 2 test pairs, a ResNet-9 ngf 4 teacher."""
+    for split, n in (("train", 6), ("test", 2)):
+        for i in range(n):
+            write_image(t / "data" / split / f"{i}.png", 64, 32, seed=i)
+    tiny_generator(t / "teacher.safetensors")
+    return {"data": t / "data", "teacher": t / "teacher.safetensors", "out": t / "runs"}
+
+
+def distill(t: Path, *extra: str, data: Path | None = None, teacher: Path | None = None, steps: int = 3) -> list[str]:
+    argv = [
+        "distill", "--teacher", str(teacher or t / "teacher.safetensors"), "--data", str(data or t / "data"),
+        "--mode", "aligned", "--task", "paired", "--steps", str(steps), "--batch-size", "2", "--size", "32",
+        "--out-dir", str(t / "runs"), "--name", "r", "--device", "cpu", "--quiet",
+        "--set", "student.ngf=4", "--set", "discriminator.ndf=8", "--set", "data.load_size=36",
+        "--set", "data.fixed_crops=false", "--set", "data.max_images=null", "--set", "threads=1",
+        "--set", "eval_images=2",
+    ]
+    return argv + list(extra)
+
+
+@row("distill_data_folder_missing")
+def _(t):
+    distill_world(t)
+    return Case(distill(t, data=t / "nowhere"), ["nowhere"], absent=[t / "runs" / "r"])
+
+
+@row("distill_data_folder_empty")
+def _(t):
+    distill_world(t)
+    (t / "empty" / "train").mkdir(parents=True)
+    return Case(distill(t, data=t / "empty"), ["empty/train", "no images"], absent=[t / "runs" / "r"])
+
+
+@row("distill_data_without_train_split")
+def _(t):
+    distill_world(t)
+    (t / "flat").mkdir()
+    write_image(t / "flat" / "0.png", 64, 32)
+    return Case(distill(t, data=t / "flat"), ["flat", "train"], absent=[t / "runs" / "r"])
+
+
+@row("distill_zero_byte_image")
+def _(t):
+    distill_world(t)
+    (t / "data" / "train" / "0.png").write_bytes(b"")  # the first file: found while building the dataset
+    return Case(distill(t), ["0.png"])
+
+
+@row("distill_corrupt_image")
+def _(t):
+    distill_world(t)
+    (t / "data" / "train" / "2.png").write_bytes(np.random.default_rng(0).bytes(3000))  # found during an epoch
+    return Case(distill(t), ["2.png"], no_tmp_in=[t / "runs"])
+
+
+@row("distill_truncated_image")
+def _(t):
+    distill_world(t)
+    p = t / "data" / "train" / "3.png"
+    p.write_bytes(p.read_bytes()[:200])
+    return Case(distill(t), ["3.png"], no_tmp_in=[t / "runs"])
+
+
+@row("distill_non_image_file")
+def _(t):
+    distill_world(t)
+    (t / "data" / "train" / "5.png").write_text("just some text\n")
+    return Case(distill(t), ["5.png"], no_tmp_in=[t / "runs"])
+
+
+@row("distill_aligned_image_of_wrong_shape")
+def _(t):
+    distill_world(t)
+    write_image(t / "data" / "train" / "4.png", 32, 32)  # square: not an A|B pair
+    return Case(distill(t), ["4.png", "width twice the height"], no_tmp_in=[t / "runs"])
+
+
+@row("distill_mixed_sizes_unbatchable")
+def _(t):
+    # preprocess none keeps each image's size: 64x32 and 128x64 pairs cannot share a batch
+    distill_world(t)
+    for i in (1, 3, 5):
+        write_image(t / "data" / "train" / f"{i}.png", 128, 64, seed=i)
+    return Case(distill(t, "--set", "data.preprocess=none", "--set", "data.flip=false"), ["different sizes"])
+
+
+@row("distill_teacher_missing")
+def _(t):
+    distill_world(t)
+    return Case(distill(t, teacher=t / "nope.safetensors"), ["nope.safetensors"], absent=[t / "runs" / "r"])
+
+
+@row("distill_teacher_truncated")
+def _(t):
+    distill_world(t)
+    p = t / "teacher.safetensors"
+    p.write_bytes(p.read_bytes()[:5000])
+    return Case(distill(t), ["teacher.safetensors"], absent=[t / "runs" / "r"])
+
+
+@row("distill_teacher_bogus_header_length")
+def _(t):
+    distill_world(t)
+    safetensors_raw(t / "bad.safetensors", b"{}", length=2**40)
+    return Case(distill(t, teacher=t / "bad.safetensors"), ["bad.safetensors"], absent=[t / "runs" / "r"])
+
+
+@row("distill_teacher_pickle_with_code")
+def _(t):
+    distill_world(t)
+    marker = t / "PWNED"
+    p = pickle_with_code(t / "evil.pth", marker)
+    return Case(distill(t, teacher=p), ["evil.pth"], absent=[marker, t / "runs" / "r"])
+
+
+@row("distill_student_init_of_another_width")
+def _(t):
+    distill_world(t)
+    tiny_generator(t / "wide.safetensors", ngf=8)
+    return Case(distill(t, "--set", f"student.init={t / 'wide.safetensors'}"), ["wide.safetensors", "does not fit"])
+
+
+@row("distill_student_init_of_another_architecture")
+def _(t):
+    distill_world(t)
+    tiny_generator(t / "unet.safetensors", arch="unet_128", ngf=4)
+    return Case(distill(t, "--set", f"student.init={t / 'unet.safetensors'}"), ["unet.safetensors", "does not fit"])
+
+
+@row("distill_resume_with_another_width")
+def _(t):
+    distill_world(t)
+    assert main(distill(t, steps=1)) == 0
+    last = t / "runs" / "r" / "checkpoints" / "last.safetensors"
+    return Case(
+        ["distill", "--resume", str(t / "runs" / "r"), "--quiet", "--set", "student.ngf=8"],
+        ["last.safetensors", "does not fit"], intact={last: last.read_bytes()},
+    )
+
+
+@row("distill_resume_missing_run")
+def _(t):
+    return Case(["distill", "--resume", str(t / "runs" / "ghost"), "--quiet"], ["ghost"])
+
+
+@row("distill_resume_truncated_checkpoint")
+def _(t):
+    distill_world(t)
+    assert main(distill(t, steps=1)) == 0
+    last = t / "runs" / "r" / "checkpoints" / "last.safetensors"
+    last.write_bytes(last.read_bytes()[:1000])
+    return Case(["distill", "--resume", str(t / "runs" / "r"), "--quiet"], ["last.safetensors"])
+
+
+@row("distill_run_folder_exists")
+def _(t):
+    distill_world(t)
+    (t / "runs" / "r").mkdir(parents=True)
+    (t / "runs" / "r" / "keep.txt").write_text("mine")
+    return Case(distill(t), ["runs/r", "not empty"], intact={t / "runs" / "r" / "keep.txt": b"mine"})
+
+
+def _yaml(t: Path, text: str) -> Path:
+    (t / "bad.yaml").write_text(text)
+    return t / "bad.yaml"
+
+
+@row("config_yaml_unknown_key")
+def _(t):
+    distill_world(t)
+    return Case(distill(t, "--config", str(_yaml(t, "optim:\n  stepz: 3\n"))), ["optim.stepz"])
+
+
+@row("config_yaml_wrong_type")
+def _(t):
+    distill_world(t)
+    return Case(distill(t, "--config", str(_yaml(t, "optim:\n  lr: fast\n"))), ["optim.lr", "fast"])
+
+
+@row("config_yaml_not_a_mapping")
+def _(t):
+    distill_world(t)
+    return Case(distill(t, "--config", str(_yaml(t, "- 1\n- 2\n"))), ["bad.yaml", "mapping"])
+
+
+@row("config_yaml_syntax_error")
+def _(t):
+    distill_world(t)
+    return Case(distill(t, "--config", str(_yaml(t, "optim: {steps: 3\n"))), ["bad.yaml", "YAML"])
+
+
+@row("config_yaml_python_tag")
+def _(t):
+    distill_world(t)
+    marker = t / "PWNED"
+    text = f"seed: !!python/object/apply:os.system ['touch {marker}']\n"
+    return Case(distill(t, "--config", str(_yaml(t, text))), ["bad.yaml"], absent=[marker])
+
+
+@row("config_missing_file")
+def _(t):
+    distill_world(t)
+    return Case(distill(t, "--config", str(t / "nope.yaml")), ["nope.yaml"])
+
+
+@row("config_set_unknown_key")
+def _(t):
+    distill_world(t)
+    return Case(distill(t, "--set", "loss.kdd=1"), ["loss.kdd"])
+
+
+@row("config_set_wrong_type")
+def _(t):
+    distill_world(t)
+    return Case(distill(t, "--set", "optim.batch_size=two"), ["optim.batch_size"])
+
+
+@row("config_set_not_key_value")
+def _(t):
+    distill_world(t)
+    return Case(distill(t, "--set", "loss.kd"), ["loss.kd"])
+
+
+@row("config_set_nan")
+def _(t):
+    distill_world(t)
+    return Case(distill(t, "--set", "optim.lr=.nan"), ["optim.lr"])
+
+
+for _flag, _value, _key in [
+    ("--steps", "0", "steps"), ("--steps", "-5", "steps"), ("--batch-size", "0", "batch_size"),
+    ("--batch-size", "-2", "batch_size"), ("--size", "0", "crop_size"), ("--size", "-32", "crop_size"),
+    ("--set", "data.load_size=0", "load_size"), ("--set", "student.ngf=0", "ngf"),
+    ("--set", "discriminator.ndf=-8", "ndf"), ("--epochs", "-1", "epochs"),
+]:
+
+    def _make(t, flag=_flag, value=_value, key=_key):
+        distill_world(t)
+        argv = distill(t)
+        if flag != "--set" and flag in argv:  # replace the default value
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv += [flag, value]
+        return Case(argv, [key], absent=[t / "runs" / "r"])
+
+    row(f"distill_{_flag.strip('-').replace('-', '_')}_{_value.replace('=', '_').replace('.', '_').replace('-', 'minus')}")(_make)
+
+
+@row("distill_size_not_a_multiple_of_4")
+def _(t):
+    distill_world(t)
+    argv = distill(t)
+    argv[argv.index("--size") + 1] = "30"
+    return Case(argv, ["30"], absent=[t / "runs" / "r"])
+
+
+@row("distill_out_dir_under_a_file")
+def _(t):
+    distill_world(t)
+    (t / "afile").write_text("x")
+    argv = distill(t)
+    argv[argv.index("--out-dir") + 1] = str(t / "afile" / "runs")
+    return Case(argv, ["afile"], intact={t / "afile": b"x"})
+
+
+@row("distill_out_dir_in_proc")
+def _(t):
+    distill_world(t)
+    argv = distill(t)
+    argv[argv.index("--out-dir") + 1] = "/proc/srpkd-runs"
+    return Case(argv, ["/proc/srpkd-runs"])
+
+
+@row("distill_disk_full_during_checkpoint")
+def _(t):
+    """ENOSPC on the 5th checkpoint write (ckpt_every=1): last.safetensors of the step before stays as it was."""
+    distill_world(t)
+    last = t / "runs" / "r" / "checkpoints" / "last.safetensors"
+    seen: dict[str, bytes] = {}
+
+    def setup(mp):
+        import safetensors.torch
+
+        real = safetensors.torch.save_file
+        calls = {"n": 0}
+
+        def save_file(tensors, filename, metadata=None):
+            calls["n"] += 1
+            if calls["n"] == 5:  # step 3: step_0000003 (write 5) fails
+                seen["last"] = last.read_bytes()
+                return save_file_then_enospc(tensors, filename, metadata)
+            return real(tensors, filename, metadata=metadata)
+
+        mp.setattr(safetensors.torch, "save_file", save_file)
+
+    case = Case(distill(t, "--set", "ckpt_every=1", steps=6), ["No space left", "step_0000003"],
+                no_tmp_in=[t / "runs" / "r"], setup=setup)
+    case.intact = _LazyIntact(last, seen)
+    return case
+
+
+@row("distill_nan_loss")
+def _(t):
+    """A loss turns NaN at step 3: one line naming the loss and step; the step-2 checkpoint stays byte-identical."""
+    distill_world(t)
+    last = t / "runs" / "r" / "checkpoints" / "last.safetensors"
+    seen: dict[str, bytes] = {}
+
+    def setup(mp):
+        import srpkd.train.loop as loop
+
+        real = loop.Trainer._backward_step
+
+        def backward_step(self, losses, opt, params, step):
+            if step == 2 and opt is self.optG:  # what a diverging loss term would hand over
+                seen["last"] = last.read_bytes()
+                losses = {**losses, "G_l1": losses["G_l1"] * float("nan")}
+            return real(self, losses, opt, params, step)
+
+        mp.setattr(loop.Trainer, "_backward_step", backward_step)
+
+    case = Case(distill(t, "--set", "ckpt_every=1", steps=6), ["G_l1", "nan", "step 3", "last good checkpoint"],
+                no_tmp_in=[t / "runs" / "r"], setup=setup)
+    case.intact = _LazyIntact(last, seen)
+    return case
+
+
+@row("distill_inf_loss")
+def _(t):
+    distill_world(t)
+    last = t / "runs" / "r" / "checkpoints" / "last.safetensors"
+    seen: dict[str, bytes] = {}
+
+    def setup(mp):
+        import srpkd.train.loop as loop
+
+        real = loop.Trainer._backward_step
+
+        def backward_step(self, losses, opt, params, step):
+            if step == 3 and opt is self.optD:
+                seen["last"] = last.read_bytes()
+                losses = {**losses, "D_fake": losses["D_fake"] + float("inf")}
+            return real(self, losses, opt, params, step)
+
+        mp.setattr(loop.Trainer, "_backward_step", backward_step)
+
+    case = Case(distill(t, "--set", "ckpt_every=1", steps=6), ["D_fake", "inf", "step 4"],
+                no_tmp_in=[t / "runs" / "r"], setup=setup)
+    case.intact = _LazyIntact(last, seen)
+    return case
+
+
+class _LazyIntact(dict):
+    """{path: bytes} where the bytes are captured during the run (at the moment of the fault)."""
+
+    def __init__(self, path: Path, seen: dict):
+        super().__init__()
+        self.path, self.seen = path, seen
+
+    def items(self):
+        assert "last" in self.seen, "the fault was never injected"
+        return [(self.path, self.seen["last"])]
+
+
 # ----------------------------------------------------------------------------- the tests
 
 SUBPROCESS_ROWS = [
@@ -409,6 +777,11 @@ SUBPROCESS_ROWS = [
     "info_width_negative",
     "import_pickle_with_code_torch",
     "import_output_in_proc",
+    "distill_data_folder_missing",
+    "distill_zero_byte_image",
+    "distill_teacher_pickle_with_code",
+    "config_yaml_unknown_key",
+    "distill_batch_size_0",
 ]
 
 
@@ -416,7 +789,12 @@ SUBPROCESS_ROWS = [
 KNOWN_BUGS = {
     "info_width_zero": "BUG: models/registry.py _create lets a zero/negative ngf through (traceback at forward)",
     "info_width_negative": "BUG: models/registry.py _create turns only TypeError into SrpkdError; negative ngf -> RuntimeError",
-    "import_unknown_layout": "BUG: models/convert.py infer_layout's error does not name the file",
+    "distill_mixed_sizes_unbatchable": "BUG: train/loop.py _build_data never calls data.datasets.check_same_size: "
+    "torch.stack RuntimeError in collate",
+    "distill_out_dir_in_proc": "BUG: train/loop.py Trainer.run mkdir of the run folder is not guarded: FileNotFoundError",
+    "distill_out_dir_under_a_file": "BUG: train/loop.py Trainer.run mkdir of the run folder is not guarded: NotADirectoryError",
+    "distill_size_not_a_multiple_of_4": "BUG: data.crop_size is not checked against the generators' size_multiple: "
+    "RuntimeError in the U-Net/ResNet forward",
 }
 
 
@@ -426,8 +804,16 @@ def _param(name):
     return name
 
 
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.mark.parametrize("name", [_param(n) for n in sorted(ROWS)])
 def test_bad_input(name, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     case = ROWS[name](tmp_path)
     capsys.readouterr()
     if case.setup:
