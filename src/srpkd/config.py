@@ -114,6 +114,7 @@ class Config:
     compile: bool = False
     amp: str = "none"  # none | bf16
     pool_size: int = 50
+    time_limit: float = 0.0  # seconds of wall time for the whole run (0: none); training ends early, normally, when reached
     student: GeneratorConfig = field(default_factory=GeneratorConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
@@ -281,6 +282,7 @@ def validate(cfg: Config) -> None:
         need(getattr(cfg.loss, name) >= 0, f"loss.{name} must not be negative")
     for name in ("log_every", "sample_every", "ckpt_every", "eval_every", "keep_last", "eval_images", "pool_size", "threads"):
         need(getattr(cfg, name) >= 0, f"{name} must not be negative")
+    need(cfg.time_limit >= 0, "time_limit must not be negative")
     need(cfg.data.num_workers >= 0, "data.num_workers must not be negative")
     need(cfg.data.max_images is None or cfg.data.max_images > 0, "data.max_images must be positive")
 

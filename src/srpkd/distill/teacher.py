@@ -83,8 +83,8 @@ class Teacher:
                 feats[k].append(f[k])
         self.cache = {"out": torch.cat(outs)}
         self.cache.update({f"tap.{k}": torch.cat(v) for k, v in feats.items()})
-        mb = sum(t.numel() * t.element_size() for t in self.cache.values()) / 2**20
-        log.info(f"teacher cache: {n} items, {mb:.0f} MiB")
+        self.cache_mib = sum(t.numel() * t.element_size() for t in self.cache.values()) / 2**20
+        log.debug(f"teacher cache: {n} items, {self.cache_mib:.0f} MiB")
 
     def __call__(self, x: torch.Tensor, index: torch.Tensor | None = None):
         """Teacher output and features for a batch; from the cache when it is filled and ``index`` is given."""

@@ -121,6 +121,8 @@ class Trainer:
         self.resume = resume
         self.quiet = quiet
         self.stop_signal: int | None = None
+        self._t_start = time.time()
+        self.time_limited: int | None = None  # the planned steps when time_limit ended training early
         self.device = resolve_device(cfg.device)
         dist.init(self.device)
         self.rank, self.world = dist.rank(), dist.world_size()
@@ -578,7 +580,8 @@ class Trainer:
             n = len(self.data)
             view = [{"A": self.data[(0, i)]["B"]} for i in range(n)]
             tb.build_cache(view, desc="teacher cache B")
-        return f"teacher cache: on ({len(self.data)} fixed training items, filled in {time.time() - t0:.1f} s)"
+        mib = self.teacher.cache_mib + (self.teacher_B.cache_mib if self.teacher_B is not None else 0)
+        return f"teacher cache: on ({len(self.data)} fixed training items, {mib:.0f} MiB, filled in {time.time() - t0:.1f} s)"
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -622,6 +625,13 @@ class Trainer:
                 for k, v in losses.items():
                     acc[k] = acc.get(k, 0.0) + v
                 n_acc += 1
+                if cfg.time_limit and self.step < self.total_steps and dist.any_flag(
+                    time.time() - self._t_start > 0.9 * cfg.time_limit, self.device
+                ):  # 10% of the limit is left for the final evaluation, checkpoint, samples and report
+                    log.warning(f"\nsrpkd: time_limit {cfg.time_limit:.0f} s: ending training at step {self.step} "
+                                f"of {self.total_steps}")
+                    self.time_limited = self.total_steps
+                    self.total_steps = self.step
                 last = self.step == self.total_steps
                 if bar is not None:
                     bar.update(1)
