@@ -167,9 +167,40 @@ class Trainer:
         except SrpkdError as e:
             log.warning(f"no held-out set ({e}); validation uses training images")
             test_set = _build_dataset(cfg, cfg.data.train_split, train=False)
-        test = SeededDataset(test_set, cfg.seed)
-        n = min(len(test), max(1, cfg.eval_images))
-        self.eval_batch = collate([test[(0, i)] for i in range(n)])
+        self.test_set = test_set
+        self.eval_set = SeededDataset(test_set, cfg.seed)
+
+    def _output_sizes(self, ds) -> list[tuple[str, tuple[int, int]]]:
+        if hasattr(ds, "sizes") and hasattr(ds, "transform"):
+            return [(str(p), ds.transform.output_size(sz)) for p, sz in ds.sizes()]
+        h, w = ds[0]["A"].shape[-2:]
+        return [("the training images", (int(w), int(h)))]
+
+    def _check_sizes(self, multiple: int, arch: str) -> None:
+        """Batches need one image size; the generators need sizes divisible by their stride."""
+        from ..data.datasets import check_same_size
+
+        if self.cfg.optim.batch_size > 1:
+            check_same_size(self.train_set)
+        for path, (w, h) in self._output_sizes(self.train_set):
+            if w % multiple or h % multiple:
+                raise SrpkdError(
+                    f"{path} gives {w}x{h} training images, but {arch} needs sizes divisible by {multiple} "
+                    f"(set --size / data.crop_size to a multiple of {multiple}, or a resizing preprocess)"
+                )
+        # held-out images: the first eval_images items of one usable size
+        items = []
+        for i in range(len(self.eval_set)):
+            item = self.eval_set[(0, i)]
+            h, w = item["A"].shape[-2:]
+            if h % multiple or w % multiple or (items and item["A"].shape != items[0]["A"].shape):
+                continue
+            items.append(item)
+            if len(items) >= max(1, self.cfg.eval_images):
+                break
+        if not items:
+            raise SrpkdError(f"no held-out image has a size divisible by {multiple} (needed by {arch})")
+        self.eval_batch = collate(items)
 
     def _new_generator(self, init: str | None = None) -> nn.Module:
         from ..checkpoint import load_generator
@@ -252,6 +283,13 @@ class Trainer:
             self.pools["fake_B"] = ImagePool(cfg.pool_size)
             if self.both:
                 self.pools["fake_A"] = ImagePool(cfg.pool_size)
+
+        nets = [m for m in (self.G, self.teacher and self.teacher.generator, self.teacher_B and self.teacher_B.generator) if m is not None]
+        multiple = 1
+        for m in nets:
+            k = int(getattr(m, "size_multiple", 1))
+            multiple = multiple * k // math.gcd(multiple, k)
+        self._check_sizes(multiple, " and ".join(dict.fromkeys(getattr(m, "arch", "?") for m in nets)))
 
         # forward callables (maybe compiled); state dicts always come from the plain modules
         self.fG = self._compile(self.G)
@@ -589,7 +627,7 @@ class Trainer:
         self._t0 = time.time()
         tb = None
         if self.main:
-            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            make_run_dir(run_dir)
             save_config(cfg, run_dir / "config.yaml")
             if self.resume:
                 _truncate_log(run_dir / "log.jsonl", self.step)
@@ -698,6 +736,13 @@ class Trainer:
             name = next(k for k in ("val/l1_to_teacher", "val/l1_to_target", "val/cycle_l1") if k in ev)
             self.best = {"metric": name, "value": metric, "step": self.step}
             self.save(self.run_dir / "checkpoints" / "best.safetensors")
+
+
+def make_run_dir(run_dir: Path) -> None:
+    try:
+        (Path(run_dir) / "checkpoints").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SrpkdError(f"cannot create the run folder {run_dir}: {e.strerror or e}") from None
 
 
 def _truncate_log(path: Path, step: int) -> None:
