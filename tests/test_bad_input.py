@@ -772,16 +772,11 @@ class _LazyIntact(dict):
 
 SUBPROCESS_ROWS = [
     "info_checkpoint_truncated",
-    "info_checkpoint_bogus_header_length",
     "info_pickle_with_code_pth",
-    "info_width_negative",
     "import_pickle_with_code_torch",
-    "import_output_in_proc",
     "distill_data_folder_missing",
-    "distill_zero_byte_image",
     "distill_teacher_pickle_with_code",
     "config_yaml_unknown_key",
-    "distill_batch_size_0",
 ]
 
 
