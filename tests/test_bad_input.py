@@ -784,12 +784,6 @@ SUBPROCESS_ROWS = [
 KNOWN_BUGS = {
     "info_width_zero": "BUG: models/registry.py _create lets a zero/negative ngf through (traceback at forward)",
     "info_width_negative": "BUG: models/registry.py _create turns only TypeError into SrpkdError; negative ngf -> RuntimeError",
-    "distill_mixed_sizes_unbatchable": "BUG: train/loop.py _build_data never calls data.datasets.check_same_size: "
-    "torch.stack RuntimeError in collate",
-    "distill_out_dir_in_proc": "BUG: train/loop.py Trainer.run mkdir of the run folder is not guarded: FileNotFoundError",
-    "distill_out_dir_under_a_file": "BUG: train/loop.py Trainer.run mkdir of the run folder is not guarded: NotADirectoryError",
-    "distill_size_not_a_multiple_of_4": "BUG: data.crop_size is not checked against the generators' size_multiple: "
-    "RuntimeError in the U-Net/ResNet forward",
 }
 
 
