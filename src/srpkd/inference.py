@@ -93,12 +93,19 @@ class Runner:
 
 
 class TorchRunner(Runner):
-    """A PyTorch module, run in eval mode without autograd (its own mode is restored afterwards)."""
+    """A PyTorch module, run in eval mode without autograd (its own mode is restored afterwards).
+
+    Without ``device`` the module stays where it is and inputs go to its device.
+    """
 
     runtime = "torch"
 
-    def __init__(self, model: nn.Module, device: str | torch.device = "cpu") -> None:
-        self.model = model.to(device)
+    def __init__(self, model: nn.Module, device: str | torch.device | None = None) -> None:
+        if device is not None:
+            model = model.to(device)
+        else:
+            device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self.model = model
         self.device = torch.device(device)
         # A module not built by srpkd has no declared multiple: it gets no padding.
         self.size_multiple = int(getattr(model, "size_multiple", 1))
@@ -122,6 +129,8 @@ class TorchScriptRunner(Runner):
 
     def __init__(self, source: str | os.PathLike | bytes, device: str | torch.device = "cpu") -> None:
         name = "TorchScript bytes" if isinstance(source, bytes) else str(source)
+        if not isinstance(source, bytes) and not Path(source).is_file():
+            raise SrpkdError(f"TorchScript file not found: {source}")
         extra = {METADATA_FILE: ""}
         try:
             with warnings.catch_warnings():
@@ -154,9 +163,9 @@ class OnnxRunner(Runner):
         name = "ONNX bytes" if isinstance(source, bytes) else str(source)
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only; shape warnings would interleave with progress bars
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
+        # One thread setting for both runtimes: without ``threads``, follow torch.set_num_threads.
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
         if not isinstance(source, bytes):
             if not Path(source).is_file():
                 raise SrpkdError(f"ONNX model not found: {source}")
@@ -192,14 +201,16 @@ def load_runner(
     model: nn.Module | Runner | str | os.PathLike,
     runtime: str | None = None,
     threads: int | None = None,
-    device: str = "cpu",
+    device: str | None = None,
 ) -> Runner:
     """A runner for a module, a checkpoint / run folder, an ``.onnx`` or a ``.torchscript`` file.
 
     ``runtime`` is ``"torch"`` or ``"onnx"``; by default it follows the model (ONNX files run in
     ONNX Runtime, everything else in PyTorch). A PyTorch generator asked to run on ``"onnx"`` is
     exported in memory first (with the same parity check as ``srpkd export``). ``threads`` sets
-    ONNX Runtime's intra-op threads (PyTorch's are global: ``torch.set_num_threads``).
+    ONNX Runtime's intra-op threads; by default it uses ``torch.get_num_threads()``, so that
+    ``torch.set_num_threads`` (global for PyTorch) governs both runtimes. ``device`` is where
+    PyTorch runs (default: a module stays where it is, files load on the CPU).
     """
     if runtime not in (None, "torch", "onnx"):
         raise SrpkdError(f"unknown runtime {runtime!r}; choose torch or onnx")
@@ -222,7 +233,7 @@ def load_runner(
     if suffix in TORCHSCRIPT_SUFFIXES:
         if runtime == "onnx":
             raise SrpkdError(f"{path} is a TorchScript file: run it with --runtime torch, or pass the srpkd checkpoint")
-        return TorchScriptRunner(path, device)
+        return TorchScriptRunner(path, device or "cpu")
     from .checkpoint import load_generator
 
     return load_runner(load_generator(path), runtime, threads, device)
@@ -232,7 +243,7 @@ def max_abs_diff(model: nn.Module, runner: Runner, shape: Sequence[int], seed: i
     """Largest absolute difference between PyTorch eager and ``runner`` on one random input in [-1, 1]."""
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(tuple(shape), generator=g).mul(2).sub(1).numpy()
-    expected = TorchRunner(model, next(model.parameters()).device)(x)
+    expected = TorchRunner(model)(x)
     got = runner(x)
     if got.shape != expected.shape:
         return float("inf")
@@ -283,8 +294,7 @@ def as_image(image: Image.Image | np.ndarray) -> Image.Image:
         raise TypeError(f"expected a uint8 array (values 0..255), got {image.dtype}")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[..., 0]
-    modes = {2: "L", 3: "RGB", 4: "RGBA"}
-    mode = modes.get(image.ndim) if image.ndim == 2 else modes.get(image.shape[2]) if image.ndim == 3 else None
+    mode = "L" if image.ndim == 2 else {3: "RGB", 4: "RGBA"}.get(image.shape[2]) if image.ndim == 3 else None
     if mode is None:
         raise ValueError(f"expected an H x W or H x W x 3 (or 4) array, got shape {image.shape}")
     return to_rgb(Image.fromarray(np.ascontiguousarray(image), mode))

@@ -37,7 +37,10 @@ def register(sub) -> None:
     p.add_argument("--batch", type=int, default=1, help="images per network call (default: 1)")
     sizes = p.add_mutually_exclusive_group()
     sizes.add_argument(
-        "--size", type=parse_size, metavar="S|HxW", help="resize every image to S x S (or H x W); outputs have that size"
+        "--size",
+        type=parse_size,
+        metavar="S|HxW",
+        help="resize every image to S x S (or H x W); outputs have that size",
     )
     sizes.add_argument(
         "--keep-size", dest="size", action="store_const", const=None, help="keep each image's size (default)"
@@ -45,10 +48,12 @@ def register(sub) -> None:
     p.add_argument(
         "--runtime", choices=["torch", "onnx"], help="default: onnx for .onnx files, torch for everything else"
     )
-    p.add_argument("--ext", choices=sorted(OUTPUT_SUFFIXES), help="output format (default: jpg for JPEG inputs, else png)")
+    p.add_argument(
+        "--ext", choices=sorted(OUTPUT_SUFFIXES), help="output format (default: jpg for JPEG inputs, else png)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--threads", type=int, help="CPU threads for PyTorch / ONNX Runtime (default: theirs)")
-    p.add_argument("--device", default="cpu", help="PyTorch device for checkpoints, e.g. cuda (default: cpu)")
+    p.add_argument("--device", help="PyTorch device for checkpoints and TorchScript, e.g. cuda (default: cpu)")
     p.set_defaults(func=run)
 
 
@@ -66,7 +71,11 @@ def plan(input_path: Path, output_path: Path, ext: str | None) -> list[tuple[Pat
     if input_path.is_dir():
         if output_path.is_file():
             raise SrpkdError(f"{output_path} is a file; the output of a folder must be a folder")
-        sources = list_images(input_path, recursive=True)
+        # an output folder inside the input folder must not feed earlier outputs back in
+        out = output_path.resolve()
+        sources = [s for s in list_images(input_path, recursive=True) if not s.resolve().is_relative_to(out)]
+        if not sources:
+            raise SrpkdError(f"no images in {input_path} outside the output folder {output_path}")
         jobs = [(s, output_path / s.relative_to(input_path).parent / output_name(s, ext)) for s in sources]
     elif input_path.is_file():
         if output_path.is_dir():
@@ -160,6 +169,13 @@ def run(args) -> int:
         raise SrpkdError(f"--size must be positive, got {args.size[0]}x{args.size[1]}")
     if args.threads is not None and args.threads < 1:
         raise SrpkdError(f"--threads must be at least 1, got {args.threads}")
+    if args.device:
+        try:
+            device = torch.device(args.device)
+        except RuntimeError:
+            raise SrpkdError(f"unknown --device {args.device!r}; e.g. cpu, cuda, cuda:1") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise SrpkdError(f"--device {args.device}: no CUDA GPU is available")
     jobs = plan(Path(args.input), Path(args.output), args.ext)
     if not args.overwrite:
         refuse_existing(jobs)

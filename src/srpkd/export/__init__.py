@@ -36,7 +36,8 @@ class ExportReport:
         shapes = ", ".join("x".join(map(str, s)) for s in self.checked_shapes)
         extra = ""
         if self.format == "onnx":
-            extra = f" opset {self.details['opset']}, {'dynamic batch/height/width' if self.details['dynamic'] else 'fixed shape'},"
+            shape = "dynamic batch/height/width" if self.details["dynamic"] else "fixed shape"
+            extra = f" opset {self.details['opset']}, {shape},"
         runtime = "ONNX Runtime" if self.format == "onnx" else "the reloaded TorchScript module"
         return (
             f"wrote {self.path} ({self.format},{extra} {self.bytes / 1e6:.1f} MB); "
