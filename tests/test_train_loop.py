@@ -164,3 +164,16 @@ def test_sigterm_saves_and_exits(tmp_path, monkeypatch, capsys):
     assert meta["step"] == 2
     assert "--resume" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
+
+
+def test_speed_settings_and_time_limit(tmp_path, capsys):
+    """amp bf16 + channels_last train; a time limit ends training early but normally (student saved)."""
+    teacher = tiny_teacher(tmp_path / "t.safetensors")
+    assert main(["distill", "--teacher", str(teacher), "--size", "32", "--steps", "50", "--batch-size", "2",
+                 "--name", "b", "--out-dir", str(tmp_path), "--set", "data.max_images=4", "--set", "amp=bf16",
+                 "--set", "channels_last=true", "--set", "loss.srp=100", "--set", "time_limit=0.001", *TINY]) == 0
+    log = read_log(tmp_path / "b")
+    steps = [r["step"] for r in log if "loss/kd" in r]
+    assert steps == [1] and all(torch.isfinite(torch.tensor(r["loss/kd"])) for r in log if "loss/kd" in r)
+    assert (tmp_path / "b" / "student.safetensors").is_file()
+    assert "finished 1 steps (time_limit 0.001 s reached: 50 planned)" in capsys.readouterr().out

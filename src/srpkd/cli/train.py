@@ -173,7 +173,9 @@ def run(args) -> int:
             print(f"srpkd: stopped at step {result['step']}; last checkpoint {run_dir / 'checkpoints' / 'last.safetensors'}"
                   f" (continue with: srpkd {'distill' if args.distill else 'train'} --resume {run_dir})", file=sys.stderr)
             return _exit_code(result)
-        print(f"srpkd: finished {result['step']} steps in {result['elapsed']:.0f} s; {trainer.cache_line}")
+        cut = (f" (time_limit {cfg.time_limit:g} s reached: {trainer.time_limited} planned)"
+               if trainer.time_limited else "")
+        print(f"srpkd: finished {result['step']} steps{cut} in {result['elapsed']:.0f} s; {trainer.cache_line}")
         print(f"run folder: {run_dir}")
         for line in summary_table(trainer):
             print(line)

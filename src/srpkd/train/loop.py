@@ -666,7 +666,7 @@ class Trainer:
                 if cfg.time_limit and self.step < self.total_steps and dist.any_flag(
                     time.time() - self._t_start > 0.9 * cfg.time_limit, self.device
                 ):  # 10% of the limit is left for the final evaluation, checkpoint, samples and report
-                    log.warning(f"\nsrpkd: time_limit {cfg.time_limit:.0f} s: ending training at step {self.step} "
+                    log.warning(f"\nsrpkd: time_limit {cfg.time_limit:g} s: ending training at step {self.step} "
                                 f"of {self.total_steps}")
                     self.time_limited = self.total_steps
                     self.total_steps = self.step
