@@ -318,11 +318,10 @@ class Trainer:
             return G(x, taps=taps)
         return G(x), {}
 
-    def _teacher_out(self, teacher, x, batch, key="A"):
-        idx = batch["index"] if teacher.cache is not None and key == "A" else None
-        if teacher.cache is not None and key != "A":
-            idx = batch["index"]
-        return teacher(x, idx)
+    @staticmethod
+    def _teacher_out(teacher, x, batch):
+        """The teacher's output and features for the batch (from the cache, by dataset index, when it is filled)."""
+        return teacher(x, batch["index"] if teacher.cache is not None else None)
 
     def _check_finite(self, losses: dict[str, torch.Tensor], step: int) -> None:
         bad = None
@@ -416,10 +415,10 @@ class Trainer:
                 if self.both:
                     lg["G_gan_B"] = lw.gan * self.gan_loss(self.fD_B(fake_A), True, for_discriminator=False)
             if self.kd is not None:
-                t_out, t_feats = self.teacher(real_A, batch["index"] if self.teacher.cache is not None else None)
+                t_out, t_feats = self._teacher_out(self.teacher, real_A, batch)
                 lg.update(self.kd(fake_B.float(), {k: v.float() for k, v in f_A.items()}, t_out, t_feats))
             if self.kd_B is not None:
-                t_out, t_feats = self.teacher_B(real_B, batch["index"] if self.teacher_B.cache is not None else None)
+                t_out, t_feats = self._teacher_out(self.teacher_B, real_B, batch)
                 lg.update(self.kd_B(fake_A.float(), {k: v.float() for k, v in f_B.items()}, t_out, t_feats))
         self._backward_step(lg, self.optG, self.g_params, step)
         ld: dict[str, torch.Tensor] = {}
