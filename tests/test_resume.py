@@ -65,3 +65,21 @@ def test_data_order_is_a_function_of_seed_and_epoch():
     assert len(r0) == len(r1) == 2
     seen = [i for b in r0 + r1 for _, i in b]
     assert len(set(seen)) == len(seen) == 8  # disjoint shards of one permutation
+
+
+def test_worker_processes_draw_the_same_augmented_batches():
+    """Random crops and flips depend only on (seed, epoch, index): DataLoader workers give the same batches."""
+    import itertools
+
+    import torch
+
+    from srpkd.data.datasets import build_dataset
+    from srpkd.train.data import SeededDataset, iterate
+
+    ds = SeededDataset(build_dataset("builtin", split="train", crop_size=16, max_images=6, flip=True), seed=3)
+    a = [b for _, b in itertools.islice(iterate(ds, 2, 3, 1, 0, 1, num_workers=0), 4)]
+    b = [b for _, b in itertools.islice(iterate(ds, 2, 3, 1, 0, 1, num_workers=2), 4)]
+    for x, y in zip(a, b):
+        assert torch.equal(x["A"], y["A"]) and torch.equal(x["index"], y["index"])
+    c = [b for _, b in itertools.islice(iterate(ds, 2, 3, 0, 0, 1), 5)][1:]  # from step 0, skipping the first
+    assert all(torch.equal(x["A"], y["A"]) for x, y in zip(a, c))
