@@ -100,6 +100,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_TAG}-{os.getpid()}.", suffix=".tmp", dir=parent)
     except OSError as e:
+        blocker = next((a for a in [parent, *parent.parents] if a.exists() and not a.is_dir()), None)
+        if blocker is not None:  # mkdir says "File exists" when a parent is a regular file
+            raise SrpkdError(f"cannot write {path}: {blocker} is a file, not a folder") from None
         raise SrpkdError(f"cannot write {path}: {e.strerror or e}") from None
     remove_stale_temps(parent)
     os.close(fd)
