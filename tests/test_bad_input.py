@@ -768,6 +768,129 @@ class _LazyIntact(dict):
         return [(self.path, self.seen["last"])]
 
 
+# -- `srpkd export`, `srpkd translate` (models and outputs), `srpkd eval`
+
+
+@row("export_truncated_checkpoint")
+def _(t):
+    p = tiny_generator(t / "g.safetensors")
+    p.write_bytes(p.read_bytes()[:3000])
+    return Case(["export", str(p), "-o", str(t / "g.onnx")], ["g.safetensors"], absent=[t / "g.onnx"], no_tmp_in=[t])
+
+
+@row("export_pickle_with_code")
+def _(t):
+    marker = t / "PWNED"
+    p = pickle_with_code(t / "evil.pth", marker)
+    return Case(["export", str(p), "-o", str(t / "g.onnx")], ["evil.pth"], absent=[marker, t / "g.onnx"])
+
+
+@row("export_output_under_a_file")
+def _(t):
+    p = tiny_generator(t / "g.safetensors")
+    (t / "afile").write_text("x")
+    return Case(["export", str(p), "-o", str(t / "afile" / "sub" / "g.onnx"), "--size", "32"],
+                ["afile is a file"], intact={t / "afile": b"x"})
+
+
+@row("export_output_in_proc")
+def _(t):
+    p = tiny_generator(t / "g.safetensors")
+    return Case(["export", str(p), "-o", "/proc/srpkd-test.onnx", "--size", "32"], ["/proc/srpkd-test.onnx"])
+
+
+@row("export_size_zero")
+def _(t):
+    p = tiny_generator(t / "g.safetensors")
+    return Case(["export", str(p), "-o", str(t / "g.onnx"), "--size", "0"], ["0x0"], absent=[t / "g.onnx"])
+
+
+@row("export_size_not_a_multiple")
+def _(t):
+    p = tiny_generator(t / "g.safetensors")
+    return Case(["export", str(p), "-o", str(t / "g.onnx"), "--size", "30"], ["30x30"], absent=[t / "g.onnx"])
+
+
+@row("export_disk_full")
+def _(t):
+    p = tiny_generator(t / "g.safetensors")
+    out = t / "out" / "g.torchscript"
+    out.parent.mkdir()
+    out.write_bytes(b"an older export")
+
+    def setup(mp):
+        mp.setattr(os, "fsync", enospc)
+
+    return Case(["export", str(p), "--format", "torchscript", "-o", str(out), "--size", "32", "--overwrite"],
+                [str(out), "No space left"], intact={out: b"an older export"}, no_tmp_in=[out.parent], setup=setup)
+
+
+def _translate_inputs(t: Path) -> Path:
+    write_image(t / "in" / "0.png", 32, 32)
+    return t / "in"
+
+
+@row("translate_model_random_onnx")
+def _(t):
+    (t / "m.onnx").write_bytes(np.random.default_rng(2).bytes(2000))
+    return Case(["translate", str(t / "m.onnx"), str(_translate_inputs(t)), str(t / "out")], ["m.onnx"],
+                absent=[t / "out" / "0.png"])
+
+
+@row("translate_model_random_torchscript")
+def _(t):
+    (t / "m.torchscript").write_bytes(np.random.default_rng(3).bytes(2000))
+    return Case(["translate", str(t / "m.torchscript"), str(_translate_inputs(t)), str(t / "out")], ["m.torchscript"],
+                absent=[t / "out" / "0.png"])
+
+
+@row("translate_model_pickle_with_code")
+def _(t):
+    marker = t / "PWNED"
+    p = pickle_with_code(t / "evil.pth", marker)
+    return Case(["translate", str(p), str(_translate_inputs(t)), str(t / "out")], ["evil.pth"],
+                absent=[marker, t / "out" / "0.png"])
+
+
+@row("translate_input_missing")
+def _(t):
+    p = tiny_generator(t / "g.safetensors")
+    return Case(["translate", str(p), str(t / "nothing"), str(t / "out")], ["nothing"])
+
+
+@row("translate_input_folder_empty")
+def _(t):
+    p = tiny_generator(t / "g.safetensors")
+    (t / "in").mkdir()
+    return Case(["translate", str(p), str(t / "in"), str(t / "out")], ["in", "no images"])
+
+
+@row("translate_size_zero")
+def _(t):
+    p = tiny_generator(t / "g.safetensors")
+    return Case(["translate", str(p), str(_translate_inputs(t)), str(t / "out"), "--size", "0"], ["--size"])
+
+
+@row("translate_batch_zero")
+def _(t):
+    p = tiny_generator(t / "g.safetensors")
+    return Case(["translate", str(p), str(_translate_inputs(t)), str(t / "out"), "--batch", "0"], ["--batch"])
+
+
+@row("eval_truncated_checkpoint")
+def _(t):
+    p = tiny_generator(t / "g.safetensors")
+    p.write_bytes(p.read_bytes()[:3000])
+    write_image(t / "data" / "test" / "0.png", 64, 32)
+    return Case(["eval", str(p), "--data", str(t / "data"), "--mode", "aligned", "-q", "--teacher", "none"],
+                ["g.safetensors"], absent=[t / "g.safetensors.metrics.json"])
+
+
+@row("eval_missing_run")
+def _(t):
+    return Case(["eval", str(t / "runs" / "ghost"), "-q"], ["ghost"])
+
+
 # ----------------------------------------------------------------------------- the tests
 
 SUBPROCESS_ROWS = [
@@ -820,6 +943,39 @@ def test_bad_input_subprocess(name, tmp_path):
     r = subprocess.run([sys.executable, "-m", "srpkd", *case.argv], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2, (r.returncode, r.stderr)
     check_one_error(r.returncode, r.stderr, case)
+
+
+def test_translate_skips_and_reports_bad_images(tmp_path, capsys, monkeypatch):
+    """translate's documented contract: unreadable images are skipped, each named on one
+    ``srpkd: skipped:`` line, the good ones are translated, and the run ends with one
+    ``srpkd: error:`` line and a non-zero exit."""
+    monkeypatch.chdir(tmp_path)
+    p = tiny_generator(tmp_path / "g.safetensors")
+    write_image(tmp_path / "in" / "0.png", 32, 32)
+    (tmp_path / "in" / "1.png").write_bytes(b"")
+    (tmp_path / "in" / "2.png").write_bytes(np.random.default_rng(0).bytes(500))
+    rc = main(["translate", str(p), str(tmp_path / "in"), str(tmp_path / "out")])
+    out, err = capsys.readouterr()
+    assert rc != 0 and "Traceback" not in err
+    lines = [ln.split("\r")[-1].strip() for ln in err.splitlines() if "srpkd:" in ln]
+    lines = [ln[ln.index("srpkd:"):] for ln in lines]
+    skipped = [ln for ln in lines if ln.startswith("srpkd: skipped:")]
+    errors = [ln for ln in lines if ln.startswith("srpkd: error:")]
+    assert len(skipped) == 2 and any("1.png" in ln for ln in skipped) and any("2.png" in ln for ln in skipped), err
+    assert len(errors) == 1 and "2 of 3" in errors[0], err
+    assert (tmp_path / "out" / "0.png").is_file()
+    assert not (tmp_path / "out" / "1.png").exists() and not (tmp_path / "out" / "2.png").exists()
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+def test_mixed_sizes_batch_with_a_resizing_preprocess(tmp_path, capsys, monkeypatch):
+    """The documented other half of the mixed-sizes row: resize_and_crop batches any sizes."""
+    monkeypatch.chdir(tmp_path)
+    distill_world(tmp_path)
+    for i in (1, 3, 5):
+        write_image(tmp_path / "data" / "train" / f"{i}.png", 128, 64, seed=i)
+    write_image(tmp_path / "data" / "test" / "1.png", 96, 48, seed=7)
+    assert main(distill(tmp_path, steps=2)) == 0, capsys.readouterr().err
 
 
 def test_load_generator_refuses_code(tmp_path):
