@@ -150,8 +150,10 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
         tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise SrpkdError(f"{path} is not a readable safetensors checkpoint ({str(e).splitlines()[0]})") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError, OverflowError, MemoryError) as e:
+        # TypeError/OverflowError: e.g. a shape [0, 2**63] that safetensors accepts and torch cannot reshape to
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SrpkdError(f"{path} is not a readable safetensors checkpoint ({reason})") from None
     if "srpkd" not in header:
         raise SrpkdError(f"{path} has no srpkd metadata; import foreign weights with 'srpkd import'")
     try:
