@@ -209,6 +209,23 @@ def _unknown_keys(cls: type, data: dict, prefix: str = "") -> list[str]:
     return unknown
 
 
+def _non_lists(cls: type, data: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    """List-typed keys given something else: dacite would try to convert a mapping and fail obscurely."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    bad = []
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value, hint = data[f.name], hints[f.name]
+        if typing.get_origin(hint) is list and not isinstance(value, list):
+            bad.append((f"{prefix}{f.name}", value))
+        elif dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            bad += _non_lists(hint, value, f"{prefix}{f.name}.")
+    return bad
+
+
 def from_dict(data: dict[str, Any]) -> Config:
     import dacite
 
@@ -216,13 +233,17 @@ def from_dict(data: dict[str, Any]) -> Config:
     if unknown:
         raise SrpkdError(f"unknown config key(s): {', '.join(unknown)}")
 
+    bad = _non_lists(Config, data)
+    if bad:
+        key, value = bad[0]
+        raise SrpkdError(f"config key {key} must be a list, got {value!r}")
     try:
         cfg = dacite.from_dict(Config, data, config=dacite.Config(strict=True, type_hooks={float: _float}))
     except dacite.UnexpectedDataError as e:
         raise SrpkdError(f"unknown config key(s): {', '.join(sorted(e.keys))}") from None
     except dacite.WrongTypeError as e:
         raise SrpkdError(f"config key {e.field_path} must be {_type_name(e.field_type)}, got {e.value!r}") from None
-    except (dacite.DaciteError, TypeError) as e:
+    except (dacite.DaciteError, TypeError, ValueError) as e:
         raise SrpkdError(f"bad config: {e}") from None
     validate(cfg)
     return cfg
