@@ -575,3 +575,20 @@ def test_import_found_by_fuzzing(tmp_path, data):
 
     with pytest.raises(SrpkdError, match="w.pth"):
         import_generator(p)
+
+
+def test_checkpoint_huge_empty_shape_found_by_fuzzing(tmp_path):
+    """Regression: a zero-size tensor of shape [0, 2**63] passes safetensors' checks and made
+    torch's reshape raise TypeError (found with SRPKD_FUZZ_RANDOM=1 SRPKD_FUZZ_EXAMPLES=600)."""
+    p = tmp_path / "c.safetensors"
+    p.write_bytes(safetensors_bytes({"stem.1.weight": {"dtype": "F32", "shape": [0, 2**63], "data_offsets": [0, 0]}}))
+    for reader in (load_tensors, load_generator):
+        with pytest.raises(SrpkdError, match="c.safetensors"):
+            reader(p)
+
+
+@pytest.mark.parametrize("value", ['{"": null}', "{a: b}", "{1: 2}", "enc"])
+def test_config_mapping_for_a_list_found_by_fuzzing(value):
+    """Regression: a mapping where a list of tap names belongs made dacite raise ValueError."""
+    with pytest.raises(SrpkdError, match=r"loss\.feat_taps must be a list"):
+        load_config(None, ["optim.steps=1", f"loss.feat_taps={value}"])
