@@ -174,6 +174,7 @@ def test_export_errors_are_single_lines(exported, tmp_path, capsys):
         (["export", str(ckpt), "--format", "torchscript", "--static"], "--static applies to ONNX only"),
         (["export", str(ckpt), "--format", "tflite"], "invalid choice"),
         (["export", str(ckpt), "-o", str(tmp_path)], "is a folder"),
+        (["export", str(ckpt), "--opset", "17", "-o", str(tmp_path / "u.onnx")], "needs opset 18 or newer"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv

@@ -24,7 +24,7 @@ def register(sub) -> None:
     p.add_argument("checkpoint", help="a srpkd generator .safetensors file or run folder")
     p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="default: onnx")
     p.add_argument("-o", "--output", help="output file (default: the checkpoint's name with .onnx / .torchscript)")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 18)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset, 18 or newer (default: 18)")
     shapes = p.add_mutually_exclusive_group()
     shapes.add_argument(
         "--dynamic", dest="dynamic", action="store_true", default=True, help="free batch, height and width (default)"

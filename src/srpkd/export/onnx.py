@@ -34,7 +34,9 @@ from ..errors import SrpkdError
 from ..inference import METADATA_KEY, OnnxRunner, export_metadata
 from . import ExportReport, check_parity, check_sizes, in_channels, parity_shapes, write_export
 
-DEFAULT_OPSET = 18  # the exporter's native opset floor; ONNX Runtime >= 1.14 runs it
+# The exporter implements opset 18 and newer; asked for less, it tries a down-conversion that
+# fails for these networks (Pad-18) and silently keeps 18. ONNX Runtime >= 1.14 runs opset 18.
+MIN_OPSET = DEFAULT_OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 
 
@@ -70,6 +72,8 @@ def to_onnx(
 
     metadata = export_metadata(model)
     check_sizes(model, [size])
+    if opset < MIN_OPSET:
+        raise SrpkdError(f"ONNX export needs opset {MIN_OPSET} or newer, got {opset}")
     example = torch.zeros(1, in_channels(model), *size, device=next(model.parameters()).device)
     free = torch.export.Dim.DYNAMIC
     was_training = model.training
@@ -95,6 +99,9 @@ def to_onnx(
         dims = program.model.graph.inputs[0].shape
         program.rename_axes({dims[0]: "batch", dims[2]: "height", dims[3]: "width"})
     proto = program.model_proto
+    written = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    if written != opset:
+        raise SrpkdError(f"the ONNX exporter wrote opset {written} where {opset} was asked for")
     proto.doc_string = f"srpkd {metadata['arch']} generator: RGB NCHW in [-1, 1] -> RGB NCHW in [-1, 1]"
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
