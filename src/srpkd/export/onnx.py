@@ -6,9 +6,9 @@ the default, translated by onnxscript) and the deprecated TorchScript-based one
 1e-6 against PyTorch, both keep reflection padding and transposed convolutions
 shape-generic, and ONNX Runtime runs both equally fast. We use ``dynamo=True``:
 its graph is the network and nothing else (a ResNet-9 is 91 nodes: Conv, Pad,
-InstanceNormalization, ...; the legacy exporter adds 300 nodes of shape
-arithmetic around every Pad), and the legacy exporter warns that it will be
-removed. The price is time: about 5 s per export on a laptop CPU, against 0.3 s.
+InstanceNormalization, ...; the legacy exporter adds about 350 nodes of shape
+arithmetic around the Pads), and the legacy exporter warns that it will be
+removed. The price is time: about 6 s of CPU per export, against 0.3 s.
 
 Two traps found on the way, both handled below:
 - named ``torch.export.Dim`` objects fail for the U-Net (its 1x1 bottleneck
