@@ -2,9 +2,9 @@
 
 Equivalence settings (see RELIABILITY.md):
 
-* paired task (no image pool; an unpaired run would need ``pool_size=0``), no
-  dropout, the default per-sample InstanceNorm-free networks: ``student.norm=none``
-  and ``discriminator.norm=none``. With non-affine InstanceNorm, the bias of the
+* image pools off (``pool_size=0``: a pool is per rank and samples at random),
+  no dropout, no BatchNorm (batch statistics are per rank), and
+  ``student.norm=none``, ``discriminator.norm=none``. With non-affine InstanceNorm, the bias of the
   convolution before each norm has an exactly-zero true gradient; its rounding
   noise (~1e-8) differs between the two reductions and Adam, which divides by
   sqrt(v), turns that noise into +-lr steps. Those biases have no effect on any
@@ -44,20 +44,24 @@ def world(tmp_path_factory):
     for split, n in (("train", 8), ("test", 2)):
         for i in range(n):
             write_image(root / "data" / split / f"{i}.png", 64, 32, seed=20 + i)
+    for split, n in (("trainA", 4), ("trainB", 5), ("testA", 2), ("testB", 2)):
+        for i in range(n):
+            write_image(root / "udata" / split / f"{i}.png", 32, 32, seed=40 + 10 * len(split) + i)
     torch.manual_seed(0)
     save_generator(create_generator("resnet_9blocks", ngf=4), root / "teacher.safetensors")
     return root
 
 
-def common(root: Path, name: str, steps: int) -> list[str]:
+def common(root: Path, name: str, steps: int, task: str = "paired") -> list[str]:
+    data, mode = ("data", "aligned") if task == "paired" else ("udata", "unaligned")
     return [
-        "distill", "--teacher", str(root / "teacher.safetensors"), "--data", str(root / "data"), "--mode", "aligned",
-        "--task", "paired", "--steps", str(steps), "--size", "32", "--out-dir", str(root / "runs"), "--name", name,
+        "distill", "--teacher", str(root / "teacher.safetensors"), "--data", str(root / data), "--mode", mode,
+        "--task", task, "--steps", str(steps), "--size", "32", "--out-dir", str(root / "runs"), "--name", name,
         "--deterministic", "--device", "cpu", "--seed", "0", "--quiet",
         "--set", "student.ngf=4", "--set", "discriminator.ndf=8", "--set", "data.load_size=36",
         "--set", "data.fixed_crops=false", "--set", "data.max_images=null", "--set", "threads=1",
         "--set", "log_every=1", "--set", "eval_images=2",
-        "--set", "student.norm=none", "--set", "discriminator.norm=none",
+        "--set", "student.norm=none", "--set", "discriminator.norm=none", "--set", "pool_size=0",
     ]
 
 
@@ -69,19 +73,25 @@ def torchrun(nproc: int, argv: list[str]) -> list[str]:
     return [TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", "-m", "srpkd.cli.main", *argv]
 
 
-def test_two_processes_equal_one_process(world):
-    steps = 4
-    r2 = subprocess.run(torchrun(2, [*common(world, "two", steps), "--batch-size", "1"]), env=env(), cwd=world,
+@pytest.mark.parametrize("task", ["paired", "unpaired"])
+def test_two_processes_equal_one_process(world, task):
+    """paired: pix2pix + KD; unpaired: CycleGAN G, G_B, D, D_B with cycle/identity terms (pool_size=0) + KD."""
+    steps = 4 if task == "paired" else 3
+    two, one = f"two_{task}", f"one_{task}"
+    r2 = subprocess.run(torchrun(2, [*common(world, two, steps, task), "--batch-size", "1"]), env=env(), cwd=world,
                         capture_output=True, text=True, timeout=300)
     assert r2.returncode == 0, r2.stderr[-3000:]
-    r1 = subprocess.run([sys.executable, "-m", "srpkd", *common(world, "one", steps), "--batch-size", "2"], env=env(),
-                        cwd=world, capture_output=True, text=True, timeout=300)
+    r1 = subprocess.run([sys.executable, "-m", "srpkd", *common(world, one, steps, task), "--batch-size", "2"],
+                        env=env(), cwd=world, capture_output=True, text=True, timeout=300)
     assert r1.returncode == 0, r1.stderr[-3000:]
-    a, meta_a = load_tensors(world / "runs" / "two" / "checkpoints" / "last.safetensors")
-    b, meta_b = load_tensors(world / "runs" / "one" / "checkpoints" / "last.safetensors")
+    a, meta_a = load_tensors(world / "runs" / two / "checkpoints" / "last.safetensors")
+    b, meta_b = load_tensors(world / "runs" / one / "checkpoints" / "last.safetensors")
     assert meta_a["step"] == meta_b["step"] == steps
-    weights = [k for k in b if k.startswith(("G.", "D."))]
-    assert weights and sorted(k for k in a if k.startswith(("G.", "D."))) == sorted(weights)
+    nets = ("G.", "D.", "G_B.", "D_B.")
+    weights = [k for k in b if k.startswith(nets)]
+    assert weights and sorted(k for k in a if k.startswith(nets)) == sorted(weights)
+    if task == "unpaired":
+        assert any(k.startswith("G_B.") for k in weights) and any(k.startswith("D_B.") for k in weights)
     worst = max(weights, key=lambda k: (a[k] - b[k]).abs().max().item())
     diff = (a[worst] - b[worst]).abs().max().item()
     print(f"\n2 x batch 1 vs 1 x batch 2 after {steps} steps: max |weight difference| {diff:.3g} ({worst})")
@@ -92,8 +102,8 @@ def test_two_processes_equal_one_process(world):
             scale = b[k].abs().max().item() or 1.0
             assert (a[k] - b[k]).abs().max().item() <= 1e-4 * scale + 1e-9, k
     # the exported students agree too
-    s2, _ = load_tensors(world / "runs" / "two" / "student.safetensors")
-    s1, _ = load_tensors(world / "runs" / "one" / "student.safetensors")
+    s2, _ = load_tensors(world / "runs" / two / "student.safetensors")
+    s1, _ = load_tensors(world / "runs" / one / "student.safetensors")
     assert max((s2[k] - s1[k]).abs().max().item() for k in s1) <= 1e-5
 
 
