@@ -114,11 +114,27 @@ def save_file_then_enospc(tensors, filename, metadata=None):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-def foreign_pth(path: Path) -> Path:
-    """A pytorch-CycleGAN-and-pix2pix ResnetGenerator state_dict (ngf 4)."""
-    from test_import import ForeignResnet
+def foreign_pth(path: Path, ngf: int = 4) -> Path:
+    """A pytorch-CycleGAN-and-pix2pix ResnetGenerator (9 blocks, InstanceNorm) state_dict, keys and shapes only."""
+    import torch.nn as nn
 
-    torch.save(ForeignResnet(ngf=4).state_dict(), path)
+    class Block(nn.Module):
+        def __init__(self, dim):
+            super().__init__()
+            self.conv_block = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), nn.InstanceNorm2d(dim), nn.ReLU(True),
+                                            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), nn.InstanceNorm2d(dim))
+
+    m = [nn.ReflectionPad2d(3), nn.Conv2d(3, ngf, 7), nn.InstanceNorm2d(ngf), nn.ReLU(True)]
+    for mult in (1, 2):
+        m += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, 2, 1), nn.InstanceNorm2d(ngf * mult * 2), nn.ReLU(True)]
+    m += [Block(ngf * 4) for _ in range(9)]
+    for mult in (4, 2):
+        m += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, 2, 1, output_padding=1), nn.InstanceNorm2d(ngf * mult // 2),
+              nn.ReLU(True)]
+    m += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, 7), nn.Tanh()]
+    net = nn.Module()
+    net.model = nn.Sequential(*m)
+    torch.save(net.state_dict(), path)
     return path
 
 
