@@ -1,0 +1,79 @@
+"""Smoke tests of the benchmark scripts: they run with tiny settings and print the documented JSON keys.
+
+No timing is asserted (the machines these run on are shared and noisy).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(name: str, *args: str, timeout: int = 400) -> list[dict]:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / name), "--json", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def test_distill_step_quick():
+    rows = run_script("distill_step.py", "--quick", "--threads", "1",
+                      "--variants", "scratch,distill,distill_cached,distill_cached_cl")
+    by = {r["variant"]: r for r in rows if "variant" in r}
+    assert set(by) == {"scratch", "distill", "distill_cached", "distill_cached_cl", "srp_share"}
+    for name in ("scratch", "distill", "distill_cached", "distill_cached_cl"):
+        r = by[name]
+        assert "error" not in r, r
+        for key in ("images_per_s", "ms_per_image", "ratio_to_scratch", "ms_per_step", "cpu_ms_per_step",
+                    "data_ms_per_batch", "size", "batch", "timed_steps"):
+            assert key in r, (name, key)
+        assert r["images_per_s"] > 0 and r["ms_per_image"] > 0 and r["size"] == 32 and r["batch"] == 2
+    assert by["scratch"]["ratio_to_scratch"] == 1.0
+    assert by["distill_cached"]["cache_fill_s"] is not None and by["distill"]["cache_fill_s"] is None
+    assert by["distill_cached_cl"]["channels_last"] is True
+    share = by["srp_share"]
+    for key in ("ms_per_step_srp0", "ms_per_step_srp", "srp_overhead", "size"):
+        assert key in share
+    info = next(r for r in rows if r.get("machine"))
+    for key in ("threads", "torch", "load_avg_before", "load_avg_after", "cpu_count", "date"):
+        assert key in info
+    assert info["threads"] == 1
+
+
+def test_distill_step_rejects_unknown_variant():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "distill_step.py"), "--quick", "--variants", "nope"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2 and "unknown variant" in proc.stderr
+
+
+def test_inference_quick_eager():
+    rows = run_script("inference.py", "--quick", "--threads", "1", "--runtime", "eager")
+    by = {r["model"]: r for r in rows if "model" in r}
+    assert set(by) == {"teacher", "student16", "mobile16"}
+    for r in by.values():
+        assert "error" not in r, r
+        for key in ("median_ms", "min_ms", "macs", "params", "runtime", "threads", "command"):
+            assert key in r
+        assert r["command"].startswith("srpkd profile ")
+    for name in ("student16", "mobile16"):
+        for key in ("mac_reduction", "speedup", "efficiency"):
+            assert key in by[name]
+    assert by["student16"]["mac_reduction"] == pytest.approx(15.0, rel=0.05)
+    info = next(r for r in rows if r.get("machine"))
+    assert info["threads"] == 1 and "load_avg_before" in info
+
+
+@pytest.mark.slow
+def test_inference_quick_onnx():
+    pytest.importorskip("onnxruntime")
+    rows = run_script("inference.py", "--quick", "--threads", "1", "--runtime", "onnx", "--models", "teacher,mobile16")
+    by = {r["model"]: r for r in rows if "model" in r}
+    assert "error" not in by["mobile16"], by["mobile16"]
+    assert by["mobile16"]["runtime"] == "onnx" and "efficiency" in by["mobile16"]
