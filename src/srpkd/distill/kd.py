@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import SrpkdError
+from .teacher import SQ_NORMS
 
 FEATURE_TERMS = ("srp", "feat", "sp", "at")
 TERM_NAMES = {"kd": "output KD", "srp": "relation loss", "feat": "feature KD", "sp": "similarity-preserving KD",
@@ -76,6 +77,11 @@ class KDTerms(nn.Module):
         return list(dict.fromkeys(out))
 
     @property
+    def relation_norm_taps(self) -> list[str]:
+        """Taps whose teacher relation row norms a teacher cache should keep (factorized relation loss only)."""
+        return list(self.taps["srp"]) if self.active("srp") and self.srp_method == "factorized" else []
+
+    @property
     def enabled(self) -> bool:
         return any(w > 0 for w in self.weights.values())
 
@@ -121,7 +127,8 @@ class KDTerms(nn.Module):
         if self.active("kd"):
             out["kd" + sfx] = self.weights["kd"] * L.output_kd_loss(s_out, t_out)
         if self.active("srp"):
-            terms = [L.semantic_relation_loss(t_feats[t], s_feats[t], method=self.srp_method) for t in self.taps["srp"]]
+            terms = [L.semantic_relation_loss(t_feats[t], s_feats[t], method=self.srp_method,
+                                              teacher_sq_norms=t_feats.get(t + SQ_NORMS)) for t in self.taps["srp"]]
             out["srp" + sfx] = self.weights["srp"] * sum(terms) / len(terms)
         if self.active("feat"):
             terms = [L.feature_kd_loss(self.adapters[t](s_feats[t]), t_feats[t]) for t in self.taps["feat"]]

@@ -6,6 +6,12 @@ crops, no flip). The cache is then filled once, before training, in fixed
 chunks of the dataset in index order, so its content does not depend on the
 batch order, on the rank or on where a resumed run restarts. Lookups are by
 the dataset index that :class:`srpkd.train.data.SeededDataset` attaches.
+
+For the taps in ``norm_taps`` (those of the factorized relation loss) the cache
+also keeps the squared row norms of the teacher's relation matrix
+(:func:`srpkd.losses.relation.relation_sq_norms`, H*W float64 per item), returned
+in the features dict under ``tap + SQ_NORMS``: the relation loss then skips the
+teacher's C_t x C_t Gram matrix on every step (measured in BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -18,6 +24,8 @@ import torch.nn as nn
 from ..errors import SrpkdError
 
 log = logging.getLogger("srpkd.distill")
+
+SQ_NORMS = ":sq_norms"  # features-dict key suffix of a tap's cached relation row norms
 
 
 def load_teacher(spec: str) -> nn.Module:
@@ -44,11 +52,12 @@ class Teacher:
     """A frozen generator plus the taps the KD terms read from it."""
 
     def __init__(self, model: nn.Module, taps: Iterable[str], device: torch.device, channels_last: bool = False,
-                 amp: str = "none") -> None:
+                 amp: str = "none", norm_taps: Iterable[str] = ()) -> None:
         self.model = freeze(model).to(device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.taps = list(dict.fromkeys(taps))
+        self.norm_taps = [t for t in dict.fromkeys(norm_taps) if t in self.taps]
         self.device = device
         self.channels_last = channels_last
         self.amp = amp
@@ -72,17 +81,23 @@ class Teacher:
         """Run the teacher once over every item of a deterministic dataset (index order, fixed chunks)."""
         from tqdm import tqdm
 
+        from ..losses.relation import relation_sq_norms
+
         n = len(dataset)
         outs: list[torch.Tensor] = []
         feats: dict[str, list[torch.Tensor]] = {k: [] for k in self.taps}
+        norms: dict[str, list[torch.Tensor]] = {k: [] for k in self.norm_taps}
         for start in tqdm(range(0, n, chunk), desc=desc, unit="chunk", leave=False, disable=None):
             x = torch.stack([dataset[i]["A"] for i in range(start, min(n, start + chunk))])
             o, f = self.compute(x)
             outs.append(o)
             for k in self.taps:
                 feats[k].append(f[k])
+            for k in self.norm_taps:
+                norms[k].append(relation_sq_norms(f[k]))
         self.cache = {"out": torch.cat(outs)}
         self.cache.update({f"tap.{k}": torch.cat(v) for k, v in feats.items()})
+        self.cache.update({f"sq_norms.{k}": torch.cat(v) for k, v in norms.items()})
         self.cache_mib = sum(t.numel() * t.element_size() for t in self.cache.values()) / 2**20
         log.debug(f"teacher cache: {n} items, {self.cache_mib:.0f} MiB")
 
@@ -90,7 +105,9 @@ class Teacher:
         """Teacher output and features for a batch; from the cache when it is filled and ``index`` is given."""
         if self.cache is not None and index is not None:
             idx = index.to(self.cache["out"].device)
-            return self.cache["out"][idx], {k: self.cache[f"tap.{k}"][idx] for k in self.taps}
+            feats = {k: self.cache[f"tap.{k}"][idx] for k in self.taps}
+            feats.update({k + SQ_NORMS: self.cache[f"sq_norms.{k}"][idx] for k in self.norm_taps})
+            return self.cache["out"][idx], feats
         if self.cache is not None and index is None:
             raise SrpkdError("internal: cached teacher called without dataset indices")
         return self.compute(x)

@@ -96,18 +96,23 @@ class _FactorizedRelation(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, xt: torch.Tensor, xs: torch.Tensor, eps: float) -> torch.Tensor:
+    def forward(ctx, xt: torch.Tensor, xs: torch.Tensor, eps: float, st_given: torch.Tensor | None = None) -> torch.Tensor:
         b, ct, n = xt.shape
         cs = xs.shape[1]
         f64 = dict(dtype=torch.float64, device=xt.device)
-        mt, ms, p = (torch.zeros(b, *shape, **f64) for shape in ((ct, ct), (cs, cs), (ct, cs)))
+        have_st = st_given is not None  # the teacher's s_t, precomputed (then M_t is not needed: no teacher gradient)
+        mt = None if have_st else torch.zeros(b, ct, ct, **f64)
+        ms, p = (torch.zeros(b, *shape, **f64) for shape in ((cs, cs), (ct, cs)))
         for _, t, s in _chunks(xt, xs):
-            mt.baddbmm_(t, t.mT)
+            if not have_st:
+                mt.baddbmm_(t, t.mT)
             ms.baddbmm_(s, s.mT)
             p.baddbmm_(t, s.mT)
-        st, ss, u = (torch.empty(b, n, **f64) for _ in range(3))
+        st = st_given.to(**f64) if have_st else torch.empty(b, n, **f64)
+        ss, u = (torch.empty(b, n, **f64) for _ in range(2))
         for sl, t, s in _chunks(xt, xs):
-            st[:, sl] = _quad(mt, t, t)
+            if not have_st:
+                st[:, sl] = _quad(mt, t, t)
             ss[:, sl] = _quad(ms, s, s)
             u[:, sl] = _quad(p.mT, t, s)
         rt2, rs2 = st + eps, ss + eps  # r^2
@@ -143,7 +148,7 @@ class _FactorizedRelation(torch.autograd.Function):
             if need_s:
                 d = (ms @ s).mul_(2 * gs[:, None, sl]).baddbmm_(g_s, s, alpha=2)
                 dxs[..., sl] = d.add_((p.mT @ t).mul_(h[:, None, sl])).baddbmm_(hh.mT, t)
-        return dxt, dxs, None
+        return dxt, dxs, None, None
 
 
 def _relation_dense(xt: torch.Tensor, xs: torch.Tensor, eps: float) -> torch.Tensor:
@@ -162,21 +167,54 @@ def semantic_relation_loss(
     f_student: torch.Tensor,
     method: str = "factorized",
     eps: float = 1e-8,
+    teacher_sq_norms: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L_SRP = mean over the batch of ||R_t - R_s||_F^2 / (HW)^2 (see the module docstring).
 
     ``f_teacher`` is (B, C_t, H, W) and ``f_student`` is (B, C_s, H, W); the
     channel counts may differ. Gradients flow to both unless a caller detaches
     the teacher. Returns a scalar in :func:`result_dtype` of the inputs.
+
+    ``teacher_sq_norms``: optionally :func:`relation_sq_norms` of ``f_teacher``,
+    computed beforehand (the teacher cache stores them). The factorized method
+    then skips the teacher's C_t x C_t Gram matrix and its per-pixel quadratic
+    form, the larger part of its cost when C_t > C_s; the result is the same.
+    Ignored by the dense method and when ``f_teacher`` requires grad.
     """
     if method not in METHODS:
         raise SrpkdError(f"unknown relation loss method {method!r}; choose one of: {', '.join(METHODS)}")
     _check_pair(f_teacher, f_student, "semantic_relation_loss")
     out_dtype = result_dtype(f_teacher, f_student)
     xt, xs = f_teacher.flatten(2), f_student.flatten(2)
+    if teacher_sq_norms is not None:
+        if tuple(teacher_sq_norms.shape) != (xt.shape[0], xt.shape[2]):
+            raise SrpkdError(f"semantic_relation_loss: teacher_sq_norms {tuple(teacher_sq_norms.shape)} must be "
+                             f"(batch, height * width) = {(xt.shape[0], xt.shape[2])}")
+        if method != "factorized" or f_teacher.requires_grad:
+            teacher_sq_norms = None
     with torch.autocast(device_type=xs.device.type, enabled=False):
         if method == "factorized":
-            per_image = _FactorizedRelation.apply(xt, xs, float(eps))
+            per_image = _FactorizedRelation.apply(xt, xs, float(eps), teacher_sq_norms)
         else:
             per_image = _relation_dense(xt, xs, eps)
     return (per_image.mean() / xs.shape[-1] ** 2).to(out_dtype)
+
+
+@torch.no_grad()
+def relation_sq_norms(features: torch.Tensor) -> torch.Tensor:
+    """The squared row norms s_i = ||A_i||^2 = q_i^T M q_i of one feature map's relation matrix, per image.
+
+    ``features`` is (B, C, H, W); returns (B, H * W) float64 (eps not included),
+    computed exactly as the factorized loss computes the teacher's, so that it
+    can be passed back as ``teacher_sq_norms`` for fixed teacher features.
+    """
+    x = features.flatten(2)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        b, c, n = x.shape
+        m = torch.zeros(b, c, c, dtype=torch.float64, device=x.device)
+        for _, t, _ in _chunks(x, x[:, :1]):
+            m.baddbmm_(t, t.mT)
+        out = torch.empty(b, n, dtype=torch.float64, device=x.device)
+        for sl, t, _ in _chunks(x, x[:, :1]):
+            out[:, sl] = _quad(m, t, t)
+    return out

@@ -241,12 +241,14 @@ class Trainer:
         if self.distill:
             t = load_teacher(cfg.teacher.checkpoint)
             self.kd = KDTerms(cfg.loss, t.to(dev), self.G, label="").to(dev)
-            self.teacher = Teacher(t, self.kd.tap_names, dev, cfg.channels_last, cfg.amp)
+            self.teacher = Teacher(t, self.kd.tap_names, dev, cfg.channels_last, cfg.amp,
+                                   norm_taps=self.kd.relation_norm_taps)
             if self.both and cfg.loss.srp_both:
                 if cfg.teacher.checkpoint_B:
                     tb = load_teacher(cfg.teacher.checkpoint_B)
                     self.kd_B = KDTerms(cfg.loss, tb.to(dev), self.G_B, label="_B").to(dev)
-                    self.teacher_B = Teacher(tb, self.kd_B.tap_names, dev, cfg.channels_last, cfg.amp)
+                    self.teacher_B = Teacher(tb, self.kd_B.tap_names, dev, cfg.channels_last, cfg.amp,
+                                             norm_taps=self.kd_B.relation_norm_taps)
                 else:
                     log.warning("no teacher.checkpoint_B: G_B is trained without KD terms")
         self.adapters = nn.ModuleDict()
