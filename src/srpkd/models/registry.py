@@ -35,7 +35,7 @@ def _create(kind: str, name: str, kwargs: dict) -> nn.Module:
         raise SrpkdError(f"unknown {kind} architecture {name!r}; choose one of: {', '.join(list_models(kind))}")
     try:
         model = _REGISTRY[kind][name](**kwargs)
-    except TypeError as e:  # unknown keyword for this family
+    except (TypeError, ValueError, RuntimeError) as e:  # unknown keyword, or a value torch refuses (ngf=-1)
         raise SrpkdError(f"bad arguments for {kind} {name!r}: {e}") from None
     # Remember how to rebuild the model: checkpoints store exactly this.
     model.arch = name
