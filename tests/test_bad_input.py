@@ -300,7 +300,7 @@ def _(t):
 
 @row("info_width_negative")
 def _(t):
-    return Case(["info", "--arch", "resnet_9blocks", "--ngf", "-4"], ["ngf"])
+    return Case(["info", "--arch", "resnet_9blocks", "--ngf", "-4"], ["bad arguments", "-4"])
 
 
 @row("info_unknown_architecture")
@@ -921,8 +921,8 @@ SUBPROCESS_ROWS = [
 
 # Rows that fail because of a bug in another module, reported with file and fix (see RELIABILITY.md).
 KNOWN_BUGS = {
-    "info_width_zero": "BUG: models/registry.py _create lets a zero/negative ngf through (traceback at forward)",
-    "info_width_negative": "BUG: models/registry.py _create turns only TypeError into SrpkdError; negative ngf -> RuntimeError",
+    "info_width_zero": "BUG (reported): ngf=0 builds an empty network; srpkd info --ngf 0 fails in count_macs' forward "
+    "(RuntimeError); cli/info.py should refuse --ngf < 1",
 }
 
 
