@@ -920,10 +920,7 @@ SUBPROCESS_ROWS = [
 
 
 # Rows that fail because of a bug in another module, reported with file and fix (see RELIABILITY.md).
-KNOWN_BUGS = {
-    "info_width_zero": "BUG (reported): ngf=0 builds an empty network; srpkd info --ngf 0 fails in count_macs' forward "
-    "(RuntimeError); cli/info.py should refuse --ngf < 1",
-}
+KNOWN_BUGS: dict[str, str] = {}  # row name -> reason, for a reported bug still open (xfail)
 
 
 def _param(name):
