@@ -83,3 +83,21 @@ def test_worker_processes_draw_the_same_augmented_batches():
         assert torch.equal(x["A"], y["A"]) and torch.equal(x["index"], y["index"])
     c = [b for _, b in itertools.islice(iterate(ds, 2, 3, 0, 0, 1), 5)][1:]  # from step 0, skipping the first
     assert all(torch.equal(x["A"], y["A"]) for x, y in zip(a, c))
+
+
+def test_resume_before_the_first_checkpoint_starts_again(tmp_path, capsys):
+    """A run killed before any checkpoint (config.yaml written, no last.safetensors) restarts from step 0."""
+    teacher = tiny_teacher(tmp_path / "t.safetensors")
+    args = ["distill", "--teacher", str(teacher), "--size", "32", "--batch-size", "2", "--out-dir", str(tmp_path),
+            "--deterministic", "--set", "data.max_images=4", *TINY]
+    assert main([*args, "--steps", "2", "--name", "straight"]) == 0
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / "config.yaml").write_text((tmp_path / "straight" / "config.yaml").read_text().replace("straight", "killed"))
+    (killed / "log.jsonl").write_text('{"step": 1, "loss/kd": 0.5}\n')  # a line from the lost attempt
+    assert main(["distill", "--resume", str(killed), *TINY]) == 0
+    assert "starting it again from step 0" in capsys.readouterr().out
+    assert_same_tensors(load_state(tmp_path / "straight" / "checkpoints" / "last.safetensors"),
+                        load_state(killed / "checkpoints" / "last.safetensors"))
+    steps = [rec["step"] for rec in read_log(killed) if any(x.startswith("loss/") for x in rec)]
+    assert steps == [1, 2]

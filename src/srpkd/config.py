@@ -105,7 +105,7 @@ class Config:
     name: str | None = None  # run folder name (default: time stamp)
     log_every: int = 10
     sample_every: int = 0  # 0: only at the end
-    ckpt_every: int = 0  # 0: only at the end
+    ckpt_every: int = 500  # steps between checkpoints (0: only at the end; a crash then loses the run)
     keep_last: int = 3
     eval_every: int = 0  # validation for the "best" checkpoint; 0: only at the end
     eval_images: int = 16

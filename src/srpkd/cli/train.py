@@ -81,6 +81,8 @@ def resolve_run_dir(args, cfg) -> tuple[Path, bool]:
         if not p.is_dir():
             p = Path(args.out_dir or "runs") / args.resume
         if not (p / "checkpoints" / "last.safetensors").is_file():
+            if (p / "config.yaml").is_file():  # stopped before its first checkpoint: start it again
+                return p, False
             raise SrpkdError(f"cannot resume {args.resume}: no checkpoints/last.safetensors in {p}")
         return p, True
     return Path(cfg.out_dir) / cfg.name, False
@@ -155,6 +157,9 @@ def run(args) -> int:
             raise SrpkdError(f"run folder {run_dir} exists and is not empty; choose another --name or --resume {run_dir}")
     else:
         run_dir, resume = resolve_run_dir(args, cfg)
+        if not resume and dist.is_main():
+            print(f"srpkd: {run_dir} stopped before its first checkpoint; starting it again from step 0", flush=True)
+            (run_dir / "log.jsonl").unlink(missing_ok=True)
     dist.barrier()
 
     try:
@@ -166,7 +171,13 @@ def run(args) -> int:
                   flush=True)
             if resume:
                 print(f"srpkd: resuming at step {trainer.step}", flush=True)
-        result = trainer.run()
+        try:
+            result = trainer.run()
+        except RuntimeError as e:  # gloo/nccl: another rank died or hung past the timeout
+            if not dist.is_dist():
+                raise
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise SrpkdError(f"rank {dist.rank()}: lost contact with another process ({first}); the job stops") from None
         if not dist.is_main():
             return _exit_code(result)
         if result["status"] == "stopped":
