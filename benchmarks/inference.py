@@ -15,6 +15,10 @@ but with the models timed in turns (teacher, student, mobile, teacher, ...) for
 ``--rounds`` rounds of ``--runs`` runs, so a change in the machine's load hits all
 of them alike (one ``srpkd profile`` per model would compare runs minutes apart).
 Weights do not change the latency, so the students keep their initial weights.
+``--ort-spin off`` turns ONNX Runtime's intra-op spin-waiting off (``srpkd profile``
+leaves it on): on a shared machine with more runnable threads than cores, spinning
+threads steal the cores, and the small student, with its many short kernels,
+loses most (measured in BENCHMARKS.md).
 
 For each student and runtime: ``mac_reduction`` = teacher MACs / student MACs,
 ``speedup`` = teacher median / student median in the same runtime, and
@@ -89,6 +93,14 @@ class Runner:
                     export_onnx(model.eval().to(device), path, args.size, device)
                 self.info["export_s"] = round(time.perf_counter() - t0, 2)
                 session = _onnx_session(path, args.threads, device)
+                if not args.ort_spin:  # same session, rebuilt with ORT's intra-op spin-waiting off
+                    import onnxruntime as ort
+
+                    opts = ort.SessionOptions()
+                    opts.intra_op_num_threads, opts.inter_op_num_threads = args.threads, 1
+                    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                    session = ort.InferenceSession(str(path), sess_options=opts, providers=session.get_providers())
                 self.info["providers"] = session.get_providers()
                 feed = {session.get_inputs()[0].name: x.cpu().numpy()}
                 self.fn = lambda: session.run(None, feed)
@@ -121,8 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--runs", type=int, default=5, help="timed runs per model per round")
     p.add_argument("--rounds", type=int, default=4, help="rounds of interleaved models")
+    p.add_argument("--ort-spin", default="on", choices=["on", "off"],
+                   help="ONNX Runtime intra-op spin-waiting (srpkd profile: on). 'off' helps on a machine with "
+                        "more runnable threads than cores")
     p.add_argument("--quick", action="store_true", help="smoke test: 64 px, 1 round of 1 run")
     args = p.parse_args(argv)
+    args.ort_spin = args.ort_spin == "on"
     if args.quick:
         args.size, args.warmup, args.runs, args.rounds = 64, 0, 1, 1
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -167,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads, "versions": _versions(),
             "load_avg_before": [round(x, 2) for x in load_before],
             "load_avg_after": [round(x, 2) for x in os.getloadavg()], "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default")}
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), "ort_spin": args.ort_spin}
     if args.json:
         for row in rows + [info]:
             print(json.dumps(row), flush=True)
