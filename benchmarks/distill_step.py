@@ -55,6 +55,8 @@ from pathlib import Path
 
 import torch
 
+from srpkd.metrics.latency import cpu_name
+
 VARIANTS = {
     "scratch": dict(distill=False),
     "distill": dict(distill=True, cache=False),
@@ -73,16 +75,6 @@ def sync(device: torch.device) -> None:
 
 def progress(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def write_aligned_folder(root: Path, size: int, n: int) -> None:
