@@ -1,0 +1,680 @@
+"""Reproduce the paper's comparison: every KD variant, same budget, several seeds, one table.
+
+    python benchmarks/reproduce.py TASK [--seeds 0 1 2] [--variants ...] [--students ...]
+        [--datasets ...] [--steps N] [--size S] [--batch B] [--train-images N] [--test-images N]
+        [--teacher-steps N] [--quick] [--out runs/bench]
+
+TASK is one of:
+
+* ``real_teacher``: the pretrained vintagify CycleGAN generator (``builtin:vintagify``,
+  ResNet-9 ngf 64) is the frozen teacher (task ``teacher_only``). Inputs: photos of
+  ``facades_unpaired/trainA`` and the left (photo) halves of ``edges2shoes_subset/train``;
+  held out: ``facades_unpaired/testA`` and the left halves of ``edges2shoes_subset/val``.
+  Metrics: FID, KID, PSNR, L1 and ST-LPIPS of the student's outputs against the teacher's.
+* ``paired``: pix2pix label -> photo on ``facades`` (B -> A) and edges -> photo on
+  ``edges2shoes_subset`` (B -> A, split ``val`` held out). The teacher (ResNet-9 ngf 64 for
+  students r32 / r16 / m16, U-Net ngf 64 for u16) is trained first by ``srpkd train`` and
+  kept under the out folder. Metrics: FID, KID, PSNR, SSIM to the ground truth.
+* ``unpaired``: CycleGAN facades photo <-> label (``facades_unpaired``), both directions;
+  teacher pair trained by ``srpkd train``; variant ``kd_srp_one`` puts the KD and relation
+  terms on G_A only (``loss.srp_both=false``). Metrics: FID, KID per direction against the
+  real target domain (train + test).
+
+Variants (identical budget: steps, batch, lr, discriminator, data, seeds):
+
+=========  =====================================================================
+scratch    no KD term. paired/unpaired: ``srpkd train`` (the task's own losses).
+           real_teacher has no target images, so "scratch" there is the GAN term only,
+           with the teacher's outputs as the discriminator's real images (``srpkd
+           distill`` with every KD weight 0): no pixel-wise supervision at all.
+kd         output KD (L1 to the teacher's image)
+kd_srp     output KD + relation loss (SRP-KD)
+feat       output KD + FitNets feature KD (1x1 adapter, MSE) at the encoder output
+feat_srp   output KD + feature KD + relation loss
+sp         output KD + similarity-preserving KD (Tung & Mori) at the encoder output
+at         output KD + attention transfer (Zagoruyko & Komodakis) at the encoder output
+kd_srp_one unpaired only: kd_srp on G_A only (loss.srp_both=false)
+=========  =====================================================================
+
+Loss weights: ``kd`` 10 (the presets'). Every other term's weight makes the norm of its
+gradient on the student's parameters about equal to the output-KD term's (kd 10) at
+initialisation: measured once on the vintagify teacher, 4 facade photos at 96 px,
+ResNet-9 ngf 16 student at N(0, 0.02) init (|g_kd| 1.59, |g_srp| 2.8e-3, |g_feat| 0.51,
+|g_sp| 2.1e-2, |g_at| 9.2e-3 for unit weights) -> srp 5600, feat 30, sp 750, at 1700.
+This is this benchmark's rule (the paper's weights are unknown); override with --set.
+
+Every run goes through the real entry points: ``srpkd train`` / ``srpkd distill`` and
+``srpkd eval`` are called as ``srpkd.cli.main.main([...])`` in this process, and the
+per-run and side-by-side HTML reports come from ``srpkd.report``. Two shortcuts keep the
+frozen teacher from being re-run for every variant and seed, without changing any number:
+
+* the teacher cache of a run (its outputs and the features of the taps the run's KD terms
+  read, on the deterministic training set; ``Teacher.build_cache``) is stored in
+  ``OUT/TASK/teacher_cache/``, keyed by the teacher's weights, the cache's settings (taps)
+  and every training input tensor, and loaded by later runs with the same key;
+* in ``srpkd eval`` the teacher's outputs and the Inception features of any image batch
+  already scored are memoised in memory (keyed by the bytes of the batch).
+
+Resumable: a run whose ``metrics.json`` exists is skipped; a run with a checkpoint but no
+``student.safetensors`` is resumed (``--resume``); teachers with ``student.safetensors``
+are reused. Results: ``OUT/TASK/results.json`` and ``results.md`` (mean +- sample std over
+seeds), ``OUT/TASK/report_<dataset>_<student>_seed<S>.html`` (variants side by side).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+# on a shared CPU, spin-waiting OpenMP threads make every small op slow (benchmarks/relation_loss.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+SHARED = Path(os.environ.get("SRPKD_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+WEIGHTS = {"kd": 10.0, "srp": 5600.0, "feat": 30.0, "sp": 750.0, "at": 1700.0}
+VARIANTS = {
+    "scratch": {},
+    "kd": {"kd": WEIGHTS["kd"]},
+    "kd_srp": {"kd": WEIGHTS["kd"], "srp": WEIGHTS["srp"]},
+    "feat": {"kd": WEIGHTS["kd"], "feat": WEIGHTS["feat"]},
+    "feat_srp": {"kd": WEIGHTS["kd"], "feat": WEIGHTS["feat"], "srp": WEIGHTS["srp"]},
+    "sp": {"kd": WEIGHTS["kd"], "sp": WEIGHTS["sp"]},
+    "at": {"kd": WEIGHTS["kd"], "at": WEIGHTS["at"]},
+    "kd_srp_one": {"kd": WEIGHTS["kd"], "srp": WEIGHTS["srp"], "srp_both": False},
+}
+BASE_VARIANTS = ["scratch", "kd", "kd_srp", "feat", "feat_srp", "sp", "at"]
+
+# students: (generator overrides, teacher key)
+STUDENTS = {
+    "r32": ({"student.arch": "resnet_9blocks", "student.ngf": 32}, "resnet"),
+    "r16": ({"student.arch": "resnet_9blocks", "student.ngf": 16}, "resnet"),
+    "m16": ({"student.arch": "mobile_resnet_9blocks", "student.ngf": 16}, "resnet"),
+    "u16": ({"student.arch": "unet_128", "student.ngf": 16, "student.kwargs": {"encoder_level": 3}}, "unet"),
+}
+TEACHER_ARCH = {
+    "resnet": {"student.arch": "resnet_9blocks", "student.ngf": 64},
+    "unet": {"student.arch": "unet_128", "student.ngf": 64, "student.kwargs": {"encoder_level": 3}},
+}
+
+TASKS = {
+    "real_teacher": {
+        "task": "teacher_only",
+        "datasets": {"photos": None},  # prepared under OUT/data (see prepare_real_teacher_data)
+        "variants": BASE_VARIANTS,
+        "students": ["r16", "r32", "m16"],
+        "metrics": [("fidelity", "fid"), ("fidelity", "kid"), ("fidelity", "psnr"), ("fidelity", "st_lpips"),
+                    ("fidelity", "l1")],
+    },
+    "paired": {
+        "task": "paired",
+        "datasets": {
+            "facades": {"data.root": str(SHARED / "facades"), "data.direction": "BtoA", "data.test_split": "test"},
+            "edges2shoes": {"data.root": str(SHARED / "edges2shoes_subset"), "data.direction": "BtoA",
+                            "data.test_split": "val"},
+        },
+        "variants": BASE_VARIANTS,
+        "students": ["r32", "r16", "u16"],
+        "metrics": [("student", "fid"), ("student", "kid"), ("student", "psnr"), ("student", "ssim"),
+                    ("fidelity", "psnr")],
+    },
+    "unpaired": {
+        "task": "unpaired",
+        "datasets": {"facades": {"data.root": str(SHARED / "facades_unpaired"), "data.direction": "AtoB"}},
+        "variants": BASE_VARIANTS + ["kd_srp_one"],
+        "students": ["r16", "r32", "m16"],
+        "metrics": [("student", "fid"), ("student", "kid"), ("student_BtoA", "fid"), ("student_BtoA", "kid")],
+    },
+}
+LOWER_BETTER = {"fid", "kid", "l1", "st_lpips"}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def cli(argv: list[str]) -> None:
+    """Run one ``srpkd`` command in this process; a non-zero status stops the benchmark."""
+    from srpkd.cli.main import main
+
+    rc = main(argv)
+    if rc != 0:
+        raise SystemExit(f"srpkd {' '.join(argv[:2])} ... failed with status {rc}")
+
+
+def sets(overrides: dict) -> list[str]:
+    out = []
+    for k, v in overrides.items():
+        out += ["--set", f"{k}={json.dumps(v)}"]
+    return out
+
+
+def budget_overrides(args, task: str) -> dict:
+    """The settings every run of a task shares (students and teachers alike)."""
+    o = {
+        "task": task, "optim.steps": args.steps, "optim.epochs": 0, "optim.batch_size": args.batch,
+        "optim.lr": 2e-4, "optim.decay_fraction": 0.5,
+        "data.load_size": args.size, "data.crop_size": args.size, "data.preprocess": "resize", "data.flip": False,
+        "data.max_images": args.train_images, "data.serial": True, "data.fixed_crops": False,
+        "discriminator.arch": "patchgan", "discriminator.ndf": args.ndf, "discriminator.n_layers": 3,
+        "discriminator.norm": "instance", "student.norm": "instance", "student.dropout": 0.0,
+        "loss.gan": 1.0, "loss.gan_mode": "lsgan",
+        "log_every": 10, "eval_every": 0, "ckpt_every": max(args.steps // 2, 1), "keep_last": 1,
+        "eval_images": 8, "cache_teacher": True, "threads": args.threads, "time_limit": 0,
+        "device": "cpu", "sample_every": 0,
+    }
+    if task == "paired":
+        o.update({"data.mode": "aligned", "loss.l1": 100.0})
+    elif task == "unpaired":
+        o.update({"data.mode": "unaligned", "loss.cycle": 10.0, "loss.identity": 0.5, "directions": "both"})
+    else:
+        o.update({"data.mode": "unaligned"})
+    return o
+
+
+def variant_overrides(name: str) -> dict:
+    w = VARIANTS[name]
+    o = {f"loss.{t}": float(w.get(t, 0.0)) for t in ("kd", "srp", "feat", "sp", "at")}
+    o.update({"loss.srp_taps": ["encoder"], "loss.feat_taps": ["encoder"], "loss.sp_taps": ["encoder"],
+              "loss.at_taps": ["encoder"], "loss.srp_method": "factorized", "loss.srp_both": w.get("srp_both", True)})
+    return o
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def prepare_real_teacher_data(out: Path, n_train: int, n_test: int) -> Path:
+    """A CycleGAN-layout folder of real photos: half facades photos, half edges2shoes photo halves.
+
+    trainA: the first n_train/2 of facades_unpaired/trainA (links) and the left halves of the
+    first n_train/2 of edges2shoes_subset/train (saved as PNG); testA likewise from testA / val.
+    trainB and testB link to trainA and testA (teacher_only reads only A; the layout needs B).
+    """
+    from PIL import Image
+
+    from srpkd.data.images import list_images
+
+    root = out / "data" / f"real_teacher_{n_train}_{n_test}"
+    done = root / ".done"
+    if done.is_file():
+        return root
+    if root.exists():
+        shutil.rmtree(root)
+    for split, n, fac, shoes in (("train", n_train, "trainA", "train"), ("test", n_test, "testA", "val")):
+        d = root / f"{split}A"
+        d.mkdir(parents=True)
+        n_fac = n // 2
+        for p in list_images(SHARED / "facades_unpaired" / fac)[:n_fac]:
+            (d / f"facades_{p.name}").symlink_to(p.resolve())
+        for p in list_images(SHARED / "edges2shoes_subset" / shoes)[: n - n_fac]:
+            img = Image.open(p).convert("RGB")
+            w, h = img.size
+            img.crop((0, 0, w // 2, h)).save(d / f"shoes_{p.stem}.png")
+        (root / f"{split}B").symlink_to(f"{split}A")
+    done.write_text("ok\n")
+    return root
+
+
+def check_shared(task: str) -> None:
+    need = {"real_teacher": ["facades_unpaired", "edges2shoes_subset"], "paired": ["facades", "edges2shoes_subset"],
+            "unpaired": ["facades_unpaired"]}[task]
+    missing = [n for n in need if not (SHARED / n).is_dir()]
+    if missing:
+        raise SystemExit(f"data not found: {', '.join(str(SHARED / n) for n in missing)} (set SRPKD_SHARED_DATA)")
+
+
+# ----------------------------------------------------------------------------- teacher cache on disk
+
+
+class DiskTeacherCache:
+    """Wrap ``Teacher.build_cache``: compute the teacher's outputs + encoder features once, store them."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.hits = self.misses = 0
+
+    @contextmanager
+    def active(self):
+        from srpkd.distill.teacher import Teacher
+
+        original = Teacher.build_cache
+        cache = self
+
+        def build_cache(teacher, dataset, chunk: int = 8, desc: str = "teacher cache"):
+            import torch
+
+            # the key: the teacher's weights, what the cache holds (taps...), every input tensor in order
+            h = hashlib.sha256()
+            for p in teacher.model.state_dict().values():
+                h.update(p.detach().cpu().contiguous().numpy().tobytes())
+            what = {k: v for k, v in vars(teacher).items() if isinstance(v, (str, int, float, bool, list, tuple))}
+            h.update(json.dumps([sorted(what.items(), key=str), chunk], default=str).encode())
+            for i in range(len(dataset)):
+                h.update(dataset[i]["A"].numpy().tobytes())
+            path = cache.folder / f"{h.hexdigest()[:24]}.pt"
+            if path.is_file():
+                teacher.cache = {k: v.to(teacher.device)
+                                 for k, v in torch.load(path, map_location="cpu", weights_only=True).items()}
+                teacher.cache_mib = sum(t.numel() * t.element_size() for t in teacher.cache.values()) / 2**20
+                cache.hits += 1
+                return
+            original(teacher, dataset, chunk=chunk, desc=desc)
+            cache.folder.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            torch.save({k: v.cpu() for k, v in teacher.cache.items()}, tmp)
+            os.replace(tmp, path)
+            cache.misses += 1
+
+        Teacher.build_cache = build_cache
+        try:
+            yield
+        finally:
+            Teacher.build_cache = original
+
+
+# ----------------------------------------------------------------------------- memoised evaluation
+
+
+class _Memo:
+    def __init__(self):
+        self.teachers: dict[str, object] = {}
+        self.features: dict[str, object] = {}
+
+
+_MEMO = _Memo()
+
+
+def _tensor_key(x) -> str:
+    return hashlib.sha1(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest() + str(tuple(x.shape))
+
+
+@contextmanager
+def memoised_eval():
+    """Inside: ``srpkd eval`` reuses teacher outputs and Inception features of batches it has seen."""
+    import torch.nn as nn
+
+    import srpkd.assets as assets
+    from srpkd.metrics.evaluate import Scorer
+
+    class MemoTeacher(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            self.size_multiple = getattr(inner, "size_multiple", 4)
+            self.arch = getattr(inner, "arch", None)
+            self.arch_kwargs = getattr(inner, "arch_kwargs", None)
+            self.outs: dict[str, object] = {}
+
+        def forward(self, x):
+            k = _tensor_key(x)
+            if k not in self.outs:
+                self.outs[k] = self.inner(x).detach()
+            return self.outs[k]
+
+    orig_resolve, orig_features = assets.resolve_teacher, Scorer.features
+
+    def resolve_teacher(spec):
+        spec = str(spec)
+        key = spec if spec.startswith("builtin:") else f"{Path(spec).resolve()}:{Path(spec).stat().st_mtime_ns}"
+        if key not in _MEMO.teachers:
+            _MEMO.teachers[key] = MemoTeacher(orig_resolve(spec)).eval()
+        return _MEMO.teachers[key]
+
+    def features(self, images, desc="features"):
+        k = self.extractor_id + _tensor_key(images)
+        if k not in _MEMO.features:
+            _MEMO.features[k] = orig_features(self, images, desc)
+        return _MEMO.features[k]
+
+    assets.resolve_teacher, Scorer.features = resolve_teacher, features
+    try:
+        yield
+    finally:
+        assets.resolve_teacher, Scorer.features = orig_resolve, orig_features
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def train_run(command: str, run_dir: Path, overrides: dict, teacher: dict | None) -> float:
+    """``srpkd train|distill`` into run_dir, resuming a stopped run; returns the wall time spent now."""
+    t0 = time.time()
+    if (run_dir / "student.safetensors").is_file():
+        return 0.0
+    argv = [command, "--quiet"]
+    if (run_dir / "checkpoints" / "last.safetensors").is_file():
+        argv += ["--resume", str(run_dir)]
+        log(f"resume {run_dir}")
+    else:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        argv += ["--config", "default", "--name", run_dir.name, "--out-dir", str(run_dir.parent)]
+        o = dict(overrides)
+        if teacher:
+            o.update(teacher)
+        argv += sets(o)
+    cli(argv)
+    return time.time() - t0
+
+
+def eval_run(run_dir: Path, test_images: int | None) -> float:
+    t0 = time.time()
+    if (run_dir / "metrics.json").is_file():
+        return 0.0
+    argv = ["eval", str(run_dir), "-q", "--device", "cpu", "--batch", "16"]
+    if test_images:
+        argv += ["--max-images", str(test_images)]
+    with memoised_eval():
+        cli(argv)
+    from srpkd.report import write_report
+
+    write_report(run_dir)  # again, now with metrics.json
+    return time.time() - t0
+
+
+def teacher_for(args, task: str, tdir: Path, ds_over: dict, arch_key: str) -> dict:
+    """Train (or reuse) the task's teacher with ``srpkd train``; returns the teacher overrides."""
+    if task == "teacher_only":
+        return {"teacher.checkpoint": "builtin:vintagify", "teacher.checkpoint_B": None}
+    run_dir = tdir / f"teacher_{arch_key}"
+    o = budget_overrides(args, task)
+    o.update(ds_over)
+    o.update(TEACHER_ARCH[arch_key])
+    o.update(variant_overrides("scratch"))
+    o.update({"optim.steps": args.teacher_steps, "ckpt_every": max(args.teacher_steps // 4, 1), "seed": 1234})
+    if not (run_dir / "student.safetensors").is_file():
+        log(f"teacher {run_dir}: srpkd train, {args.teacher_steps} steps")
+        dt = train_run("train", run_dir, o, None)
+        log(f"teacher trained in {dt:.0f} s")
+    if not (run_dir / "metrics.json").is_file():
+        eval_run(run_dir, args.test_images)
+    t = {"teacher.checkpoint": str(run_dir / "student.safetensors"), "teacher.checkpoint_B": None}
+    if task == "unpaired":
+        t["teacher.checkpoint_B"] = str(run_dir / "student_B.safetensors")
+    return t
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def get_metric(metrics: dict, section: str, key: str):
+    dirs = metrics["directions"]
+    if section.endswith("_BtoA"):
+        d = dirs.get("BtoA")
+        section = section[: -len("_BtoA")]
+    else:
+        d = dirs[metrics["primary"]]
+    if d is None:
+        return None
+    v = d.get(section, {}).get(key)
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def summarise(values: list[float]) -> dict:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "n": len(vals),
+            "values": vals}
+
+
+def fmt(key: str, s: dict) -> str:
+    if s.get("mean") is None:
+        return "-"
+    d = 4 if key in ("kid", "l1", "st_lpips", "ssim") else 2
+    return f"{s['mean']:.{d}f} ± {s['std']:.{d}f}"
+
+
+def write_results(tdir: Path, spec: dict, rows: list[dict], teachers: dict, meta: dict) -> None:
+    from srpkd.metrics.evaluate import write_json_atomic
+
+    # ties: a variant's difference to kd (the reference) at most the larger seed std of the two
+    by = {(r["dataset"], r["student"], r["variant"]): r for r in rows}
+    for r in rows:
+        ref = by.get((r["dataset"], r["student"], "kd"))
+        r["vs_kd"] = {}
+        if ref is None or r["variant"] == "kd":
+            continue
+        for sec, key in spec["metrics"]:
+            name = f"{sec}.{key}"
+            a, b = r["metrics"].get(name, {}), ref["metrics"].get(name, {})
+            if a.get("mean") is None or b.get("mean") is None:
+                continue
+            diff = a["mean"] - b["mean"]
+            spread = max(a["std"] or 0.0, b["std"] or 0.0)
+            better = diff < 0 if key in LOWER_BETTER else diff > 0
+            if min(a["n"], b["n"]) < 2:
+                verdict = "n/a (1 seed)"
+            else:
+                verdict = "tie" if abs(diff) <= spread else ("better" if better else "worse")
+            r["vs_kd"][name] = {"diff": diff, "verdict": verdict}
+    data = {"meta": meta, "teachers": teachers, "rows": rows}
+    write_json_atomic(tdir / "results.json", data)
+
+    lines = [f"# {meta['task']}: results (mean ± sample std over seeds {meta['seeds']})", ""]
+    lines.append(f"Command: `{meta['command']}`  ")
+    lines.append(f"Machine: {meta['machine']}; wall time {meta['wall_s'] / 60:.1f} min (this invocation).  ")
+    lines.append(f"Budget per run: {meta['budget']}")
+    lines.append("")
+    for name, t in teachers.items():
+        lines.append(f"Teacher `{name}`: {t}")
+    lines.append("")
+    cols = [f"{sec}.{key}" for sec, key in spec["metrics"]]
+    one_section = len({c.split(".")[0] for c in cols}) == 1
+
+    def short(c: str) -> str:
+        return c.split(".")[1] if one_section else c
+
+    arrows = [("↓" if k.split(".")[1] in LOWER_BETTER else "↑") for k in cols]
+    for (ds, st) in dict.fromkeys((r["dataset"], r["student"]) for r in rows):
+        lines.append(f"## {ds}, student {st}")
+        lines.append("")
+        lines.append("| variant | n | " + " | ".join(f"{short(c)} {a}" for c, a in zip(cols, arrows)) + " | vs kd (ties = within seed std) |")
+        lines.append("|---|---|" + "---|" * len(cols) + "---|")
+        for r in rows:
+            if (r["dataset"], r["student"]) != (ds, st):
+                continue
+            n = max((m.get("n", 0) for m in r["metrics"].values()), default=0)
+            verdict = ", ".join(f"{short(k)}: {v['verdict']}" for k, v in r["vs_kd"].items())
+            if r["variant"] == "kd":
+                verdict = "(reference)"
+            lines.append(f"| {r['variant']} | {n} | " + " | ".join(fmt(c.split('.')[1], r["metrics"].get(c, {})) for c in cols)
+                         + f" | {verdict} |")
+        lines.append("")
+    (tdir / "results.md").write_text("\n".join(lines) + "\n")
+
+
+def teacher_figures(tdir: Path, spec: dict, teacher_dirs: dict) -> dict:
+    out = {}
+    for name, d in teacher_dirs.items():
+        m = d / "metrics.json"
+        if m.is_file():
+            metrics = json.loads(m.read_text())
+            parts = []
+            for sec, key in spec["metrics"]:
+                if sec.startswith("fidelity"):
+                    continue
+                v = get_metric(metrics, sec, key)
+                if v is not None:
+                    parts.append(f"{sec}.{key} {v:.4g}")
+            out[name] = ", ".join(parts) or "no metrics"
+    return out
+
+
+def identity_reference(tdir: Path, data_root: Path, size: int, test_images: int | None) -> dict:
+    """real_teacher: how far the teacher's outputs are from its inputs (a student that copies its input)."""
+    path = tdir / "identity_metrics.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    import torch.nn as nn
+
+    from srpkd.metrics.evaluate import Scorer, evaluate_generator, write_json_atomic
+
+    with memoised_eval():
+        import srpkd.assets as assets
+
+        r = evaluate_generator(nn.Identity(), task="teacher_only", mode="unaligned", root=data_root, size=size,
+                               teacher=assets.resolve_teacher("builtin:vintagify"), max_images=test_images,
+                               scorer=Scorer(progress=False))
+    write_json_atomic(path, r)
+    return r
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("task", choices=sorted(TASKS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--variants", nargs="+", help=f"default: every variant of the task ({', '.join(VARIANTS)})")
+    p.add_argument("--students", nargs="+", help=f"subset of {', '.join(STUDENTS)} (default: the task's)")
+    p.add_argument("--datasets", nargs="+", help="subset of the task's datasets (paired: facades edges2shoes)")
+    p.add_argument("--steps", type=int, default=2000, help="optimisation steps per student run (default 2000)")
+    p.add_argument("--teacher-steps", type=int, default=4000, help="paired/unpaired: teacher steps (default 4000)")
+    p.add_argument("--size", type=int, default=128, help="image size in px, train and test (default 128)")
+    p.add_argument("--batch", type=int, default=4, help="batch size (default 4)")
+    p.add_argument("--ndf", type=int, default=32, help="discriminator width, all runs (default 32)")
+    p.add_argument("--train-images", type=int, help="use at most N training images (real_teacher: default 200)")
+    p.add_argument("--test-images", type=int, help="score at most N held-out images (default: all; real_teacher: 100)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads per run (0: torch's default)")
+    p.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra config override for every student run, e.g. loss.srp=8000")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: 2 seeds, variants scratch kd kd_srp, one student, 2 steps, 32 px, 8/4 images")
+    p.add_argument("--out", default="runs/bench", help="output folder (default runs/bench)")
+    args = p.parse_args(argv)
+
+    spec = TASKS[args.task]
+    check_shared(args.task)
+    if args.quick:
+        args.seeds = args.seeds if "--seeds" in (argv if argv is not None else sys.argv[1:]) else [0, 1]
+        args.variants = args.variants or ["scratch", "kd", "kd_srp"]
+        args.students = args.students or spec["students"][:1]
+        args.datasets = args.datasets or list(spec["datasets"])[:1]
+        args.steps, args.teacher_steps, args.size, args.batch = 2, 2, 32, 2
+        args.train_images, args.test_images = 8, 4
+        args.ndf = 8
+    variants = args.variants or spec["variants"]
+    students = args.students or spec["students"]
+    datasets = args.datasets or list(spec["datasets"])
+    for v in variants:
+        if v not in VARIANTS or (v == "kd_srp_one" and args.task != "unpaired"):
+            raise SystemExit(f"unknown variant {v!r} for task {args.task}")
+    for s in students:
+        if s not in STUDENTS:
+            raise SystemExit(f"unknown student {s!r}; choose from {', '.join(STUDENTS)}")
+        if s == "u16" and args.size % 128:
+            raise SystemExit("student u16 (unet_128) needs --size a multiple of 128")
+    if args.task == "real_teacher":
+        args.train_images = args.train_images or 200
+        args.test_images = args.test_images or 100
+
+    out = Path(args.out)
+    tdir = out / args.task
+    tdir.mkdir(parents=True, exist_ok=True)
+    task = spec["task"]
+    t_start = time.time()
+    disk_cache = DiskTeacherCache(tdir / "teacher_cache")
+    teacher_dirs: dict[str, Path] = {}
+    rows = []
+    budget = (f"{args.steps} steps, batch {args.batch}, Adam lr 2e-4 (beta1 0.5; linear decay over the last half), "
+              f"{args.size} px (resize, no crop, no flip), PatchGAN ndf {args.ndf}, LSGAN, "
+              f"{args.train_images or 'all'} training images, {args.test_images or 'all'} held-out images")
+    stamp = {"steps": args.steps, "teacher_steps": args.teacher_steps, "size": args.size, "batch": args.batch,
+             "ndf": args.ndf, "train_images": args.train_images, "test_images": args.test_images, "extra": args.extra,
+             "weights": WEIGHTS}
+    stamp_file = tdir / "budget.json"
+    if stamp_file.is_file() and json.loads(stamp_file.read_text()) != stamp:
+        raise SystemExit(f"{tdir} holds runs of another budget ({stamp_file}); choose another --out to keep both")
+    stamp_file.write_text(json.dumps(stamp, indent=1) + "\n")
+    log(f"{args.task}: datasets {datasets}, students {students}, variants {variants}, seeds {args.seeds}; {budget}")
+
+    for ds in datasets:
+        ds_over = dict(spec["datasets"][ds] or {})
+        if args.task == "real_teacher":
+            root = prepare_real_teacher_data(out, args.train_images, args.test_images)
+            ds_over = {"data.root": str(root), "data.direction": "AtoB", "data.test_split": "test"}
+        ddir = tdir / ds
+        teachers = {}
+        for st in students:
+            s_over, t_key = STUDENTS[st]
+            if t_key not in teachers:
+                with disk_cache.active():
+                    teachers[t_key] = teacher_for(args, task, ddir, ds_over, t_key)
+                if task != "teacher_only":
+                    teacher_dirs[f"{ds}/{t_key}"] = ddir / f"teacher_{t_key}"
+            for var in variants:
+                per_seed = []
+                for seed in args.seeds:
+                    run_dir = ddir / st / var / f"seed{seed}"
+                    o = budget_overrides(args, task)
+                    o.update(ds_over)
+                    o.update(s_over)
+                    o.update(variant_overrides(var))
+                    o["seed"] = seed
+                    command = "train" if (var == "scratch" and task != "teacher_only") else "distill"
+                    if (run_dir / "metrics.json").is_file():
+                        log(f"skip {run_dir} (metrics.json exists)")
+                    else:
+                        log(f"run {run_dir}: srpkd {command}")
+                        extra = {}
+                        for item in args.extra:
+                            from srpkd.config import parse_override
+
+                            keys, value = parse_override(item)
+                            extra[".".join(keys)] = value
+                        with disk_cache.active():
+                            dt = train_run(command, run_dir, {**o, **extra}, teachers[t_key] if command == "distill" else None)
+                        de = eval_run(run_dir, args.test_images)
+                        log(f"done {run_dir}: train {dt:.0f} s, eval {de:.0f} s")
+                    per_seed.append(json.loads((run_dir / "metrics.json").read_text()))
+                metrics = {f"{sec}.{key}": summarise([get_metric(m, sec, key) for m in per_seed])
+                           for sec, key in spec["metrics"]}
+                rows.append({"dataset": ds, "student": st, "variant": var, "metrics": metrics,
+                             "runs": [str(ddir / st / var / f"seed{s}") for s in args.seeds]})
+            # side-by-side report of the variants, first seed
+            from srpkd.report import write_comparison
+
+            runs = [ddir / st / v / f"seed{args.seeds[0]}" for v in variants]
+            write_comparison(runs, tdir / f"report_{ds}_{st}_seed{args.seeds[0]}.html")
+
+    tfig = teacher_figures(tdir, spec, teacher_dirs)
+    if args.task == "real_teacher":
+        ident = identity_reference(tdir, Path(ds_over["data.root"]), args.size, args.test_images)
+        f = ident["fidelity"]
+        tfig["builtin:vintagify"] = ("ResNet-9 ngf 64, pretrained (vintagify G_A2B_epoch33); copying the input "
+                                     f"instead of translating scores FID {f['fid']:.2f}, KID {f['kid']:.4f}, "
+                                     f"PSNR {f['psnr']:.2f} dB, ST-LPIPS {f.get('st_lpips') or float('nan'):.4f} "
+                                     "against the teacher")
+    import torch
+
+    meta = {
+        "task": args.task, "seeds": args.seeds, "variants": variants, "students": students, "datasets": datasets,
+        "budget": budget, "weights": WEIGHTS,
+        "command": "python benchmarks/reproduce.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU, "
+                   f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
+                   f"{os.environ.get('OMP_WAIT_POLICY')}",
+        "wall_s": time.time() - t_start, "teacher_cache": {"hits": disk_cache.hits, "misses": disk_cache.misses},
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_results(tdir, spec, rows, tfig, meta)
+    log(f"wrote {tdir / 'results.md'} and results.json ({meta['wall_s'] / 60:.1f} min)")
+    print((tdir / "results.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

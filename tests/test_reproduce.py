@@ -1,0 +1,82 @@
+"""Smoke test of benchmarks/reproduce.py: a --quick budget runs end to end and writes the results table.
+
+The quick budget is 2 steps at 32 px on 8 training / 4 held-out images: it checks the plumbing
+(data preparation, teacher cache on disk, srpkd distill/train, srpkd eval, reports, the table,
+resume by skipping finished runs), not any number. Skips when ../shared/data is absent.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "reproduce.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("srpkd_bench_reproduce", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+reproduce = _load()
+needs_data = pytest.mark.skipif(
+    not (reproduce.SHARED / "facades_unpaired").is_dir() or not (reproduce.SHARED / "edges2shoes_subset").is_dir(),
+    reason=f"shared data not found under {reproduce.SHARED}",
+)
+
+
+def test_summary_and_ties():
+    s = reproduce.summarise([1.0, 2.0, 3.0])
+    assert s["mean"] == 2.0 and s["std"] == 1.0 and s["n"] == 3
+    assert reproduce.summarise([None])["mean"] is None
+    # every variant's overrides give a valid config, and only the variant's terms are on
+    from srpkd.config import load_config
+
+    for name in reproduce.VARIANTS:
+        o = {**reproduce.variant_overrides(name), "optim.steps": 1}
+        cfg = load_config("default", [f"{k}={json.dumps(v)}" for k, v in o.items()])
+        on = {t for t in ("kd", "srp", "feat", "sp", "at") if getattr(cfg.loss, t) > 0}
+        assert on == {t for t in reproduce.VARIANTS[name] if t != "srp_both"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~3 min on 2 idle cores; much more on a shared machine
+@needs_data
+def test_quick_real_teacher_end_to_end(tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = ["real_teacher", "--quick", "--seeds", "0", "1", "--variants", "kd", "kd_srp", "--out", str(out)]
+    assert reproduce.main(argv) == 0
+    tdir = out / "real_teacher"
+    res = json.loads((tdir / "results.json").read_text())
+    assert [r["variant"] for r in res["rows"]] == ["kd", "kd_srp"]
+    for r in res["rows"]:
+        fid = r["metrics"]["fidelity.fid"]
+        assert fid["n"] == 2 and fid["mean"] > 0 and fid["std"] >= 0
+        for run in r["runs"]:
+            assert (Path(run) / "metrics.json").is_file() and (Path(run) / "student.safetensors").is_file()
+    assert res["rows"][1]["vs_kd"]["fidelity.fid"]["verdict"] in ("tie", "better", "worse")
+    md = (tdir / "results.md").read_text()
+    assert "| kd_srp | 2 |" in md and "±" in md
+    assert (tdir / "report_photos_r16_seed0.html").is_file()
+    # one teacher pass per set of taps (kd reads only the output, kd_srp the encoder features too), not per run
+    assert len(list((tdir / "teacher_cache").glob("*.pt"))) == 2
+
+    # resumable: a second invocation skips every finished run and gives the same table
+    before = {r["variant"]: r["metrics"] for r in res["rows"]}
+    capsys.readouterr()
+    assert reproduce.main(argv) == 0
+    log = capsys.readouterr().out
+    assert log.count("skip ") == 4 and "srpkd distill" not in log
+    again = json.loads((tdir / "results.json").read_text())
+    assert {r["variant"]: r["metrics"] for r in again["rows"]} == before
+
+    # another budget in the same folder is refused, not mixed
+    with pytest.raises(SystemExit, match="another budget"):
+        reproduce.main(argv + ["--set", "loss.srp=1"])
