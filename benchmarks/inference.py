@@ -61,7 +61,7 @@ def build(name: str) -> torch.nn.Module:
 
 def profile_command(name: str, args) -> str:
     arch, ngf = MODELS[name]
-    what = f"--arch resnet_9blocks --ngf 64" if arch.startswith("builtin:") else f"--arch {arch} --ngf {ngf}"
+    what = "--arch resnet_9blocks --ngf 64" if arch.startswith("builtin:") else f"--arch {arch} --ngf {ngf}"
     return (f"srpkd profile {what} --size {args.size} --threads {args.threads} --runtime {args.runtime} "
             f"--device {args.device} --json")
 

@@ -13,7 +13,6 @@ RELIABILITY.md lists the rows.
 from __future__ import annotations
 
 import errno
-import io
 import json
 import os
 import pickle

