@@ -188,10 +188,8 @@ def build_from_record(record: dict[str, Any], source: str | os.PathLike = "check
         raise SrpkdError(f"{source} has a malformed architecture record: {record!r}")
     try:
         return create_generator(arch, **kwargs)
-    except SrpkdError:
-        raise
-    except (TypeError, ValueError, RuntimeError, OverflowError, ZeroDivisionError, IndexError, KeyError) as e:
-        # e.g. a negative or fractional width written into the header by hand
+    except (SrpkdError, TypeError, ValueError, RuntimeError, OverflowError, ZeroDivisionError, IndexError, KeyError) as e:
+        # e.g. an unknown architecture, or a negative or fractional width written into the header by hand
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise SrpkdError(f"{source} has an architecture record srpkd cannot build ({arch} {kwargs}): {reason}") from None
 
