@@ -64,6 +64,18 @@ def test_report_of_an_incomplete_run_says_not_measured(tmp_path):
     assert "not measured" in text and "no samples.png" in text and "no losses logged" in text
 
 
+def test_report_without_eval_shows_the_loops_validation(tmp_path):
+    """A distill run's report, written before any srpkd eval, shows the loop's held-out PSNR/L1 to the teacher."""
+    run = make_run(tmp_path, metrics=False)
+    with open(run / "log.jsonl", "a") as f:
+        f.write("\n" + json.dumps({"step": 10, "val/l1_to_teacher": 0.5, "val/psnr_to_teacher": 11.0}))
+        f.write("\n" + json.dumps({"step": 20, "val/l1_to_teacher": 0.2216, "val/psnr_to_teacher": 17.31}) + "\n")
+    text = write_report(run).read_text()
+    assert "17.31" in text and "0.2216" in text and "11.00" not in text  # the last validation, not an earlier one
+    assert "held-out validation at step 20" in text
+    assert "not measured" in text  # FID, KID and ST-LPIPS still need srpkd eval
+
+
 def test_report_of_a_bare_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     text = write_report(tmp_path / "empty").read_text()

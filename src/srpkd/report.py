@@ -221,6 +221,16 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return f'<table class="metrics"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def _with_validation(fidelity: dict, records: list[dict]) -> tuple[dict, int | None]:
+    """Fill PSNR/L1 to the teacher from the last ``val/*_to_teacher`` record of log.jsonl when eval has not run."""
+    missing = [k for k in ("psnr", "l1") if fidelity.get(k) is None]
+    for rec in reversed(records):
+        found = {k: rec[f"val/{k}_to_teacher"] for k in missing if isinstance(rec.get(f"val/{k}_to_teacher"), (int, float))}
+        if found:
+            return {**fidelity, **found}, rec.get("step")
+    return fidelity, None
+
+
 def _run_table(info: dict) -> str:
     m = _primary(info["metrics"])
     s, t = info["student"] or {}, info["teacher"] or {}
@@ -234,8 +244,12 @@ def _run_table(info: dict) -> str:
     for label, key, fmt, hint in METRIC_ROWS:
         rows.append([f"{label} <span class=note>({hint})</span>", _fmt(m.get("teacher", {}).get(key), fmt), _fmt(m.get("student", {}).get(key), fmt)])
     table = _table(["", "teacher", "student"], rows)
-    fid_rows = [[f"{label} <span class=note>({hint})</span>", _fmt(m.get("fidelity", {}).get(key), fmt)] for label, key, fmt, hint in FIDELITY_ROWS]
+    fidelity, val_step = _with_validation(m.get("fidelity", {}), info["log"])
+    fid_rows = [[f"{label} <span class=note>({hint})</span>", _fmt(fidelity.get(key), fmt)] for label, key, fmt, hint in FIDELITY_ROWS]
     table += "<h3>Fidelity to the teacher</h3>" + _table(["", "student"], fid_rows)
+    if val_step is not None:
+        table += (f'<p class="note">PSNR and L1 from the training loop\'s held-out validation at step {val_step}; '
+                  f"<code>srpkd eval {html.escape(info['name'])}</code> adds FID, KID and ST-LPIPS.</p>")
     if m:
         ref = m.get("reference")
         note = f"{m.get('n_images')} test images, direction {m.get('direction')}, {m.get('size')} px"
