@@ -16,6 +16,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SRPKD_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny networks: threads gain nothing, and on a shared machine OpenMP barriers cost seconds."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not (SHARED_DATA / "facades").is_dir():

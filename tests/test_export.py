@@ -23,13 +23,7 @@ FAMILIES = [
 IDS = [f[0] for f in FAMILIES]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These networks are tiny: threads gain nothing, and on a shared machine OpenMP barriers cost seconds."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_generator(arch: str, seed: int = 0, **kwargs) -> torch.nn.Module:

@@ -20,13 +20,7 @@ from srpkd.export.onnx import export_onnx
 from srpkd.inference import TorchRunner, load_runner, pad_reflect, padded_size, run_batch
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These networks are tiny: threads gain nothing, and on a shared machine OpenMP barriers cost seconds."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
