@@ -720,9 +720,9 @@ def _(t):
     return case
 
 
-@row("distill_nan_loss")
-def _(t):
-    """A loss turns NaN at step 3: one line naming the loss and step; the step-2 checkpoint stays byte-identical."""
+def _non_finite_loss(t, step: int, which: str, term: str, poison, needles: list[str]) -> Case:
+    """A loss term turns non-finite at ``step`` (0-based) of the G or D update: one line naming it,
+    and the checkpoint of the step before stays byte-identical."""
     distill_world(t)
     last = t / "runs" / "r" / "checkpoints" / "last.safetensors"
     seen: dict[str, bytes] = {}
@@ -732,43 +732,28 @@ def _(t):
 
         real = loop.Trainer._backward_step
 
-        def backward_step(self, losses, opt, params, step):
-            if step == 2 and opt is self.optG:  # what a diverging loss term would hand over
+        def backward_step(self, losses, opt, params, i):
+            if i == step and opt is getattr(self, which):  # what a diverging loss term would hand over
                 seen["last"] = last.read_bytes()
-                losses = {**losses, "G_l1": losses["G_l1"] * float("nan")}
-            return real(self, losses, opt, params, step)
+                losses = {**losses, term: poison(losses[term])}
+            return real(self, losses, opt, params, i)
 
         mp.setattr(loop.Trainer, "_backward_step", backward_step)
 
-    case = Case(distill(t, "--set", "ckpt_every=1", steps=6), ["G_l1", "nan", "step 3", "last good checkpoint"],
-                no_tmp_in=[t / "runs" / "r"], setup=setup)
+    case = Case(distill(t, "--set", "ckpt_every=1", steps=6), needles, no_tmp_in=[t / "runs" / "r"], setup=setup)
     case.intact = _LazyIntact(last, seen)
     return case
+
+
+@row("distill_nan_loss")
+def _(t):
+    return _non_finite_loss(t, 2, "optG", "G_l1", lambda v: v * float("nan"),
+                            ["G_l1", "nan", "step 3", "last good checkpoint"])
 
 
 @row("distill_inf_loss")
 def _(t):
-    distill_world(t)
-    last = t / "runs" / "r" / "checkpoints" / "last.safetensors"
-    seen: dict[str, bytes] = {}
-
-    def setup(mp):
-        import srpkd.train.loop as loop
-
-        real = loop.Trainer._backward_step
-
-        def backward_step(self, losses, opt, params, step):
-            if step == 3 and opt is self.optD:
-                seen["last"] = last.read_bytes()
-                losses = {**losses, "D_fake": losses["D_fake"] + float("inf")}
-            return real(self, losses, opt, params, step)
-
-        mp.setattr(loop.Trainer, "_backward_step", backward_step)
-
-    case = Case(distill(t, "--set", "ckpt_every=1", steps=6), ["D_fake", "inf", "step 4"],
-                no_tmp_in=[t / "runs" / "r"], setup=setup)
-    case.intact = _LazyIntact(last, seen)
-    return case
+    return _non_finite_loss(t, 3, "optD", "D_fake", lambda v: v + float("inf"), ["D_fake", "inf", "step 4"])
 
 
 class _LazyIntact(dict):
