@@ -218,38 +218,35 @@ def _(t):
     return Case(["info", str(t / "plain.safetensors")], ["plain.safetensors", "srpkd import"])
 
 
+def _tampered_checkpoint(t, arch: str | None = None, **kwargs) -> Path:
+    """A tiny resnet checkpoint whose architecture record claims another arch or other kwargs."""
+    from srpkd.checkpoint import load_tensors
+
+    p = tiny_generator(t / "g.safetensors", ngf=4)
+    tensors, meta = load_tensors(p)
+    meta["arch"] = arch or meta["arch"]
+    meta["kwargs"].update(kwargs)
+    save_tensors(p, tensors, meta)
+    return p
+
+
 @row("info_checkpoint_other_architecture")
 def _(t):
     # resnet weights under a unet record: the file claims another architecture
-    p = tiny_generator(t / "g.safetensors")
-    from srpkd.checkpoint import load_tensors
-
-    tensors, meta = load_tensors(p)
-    meta["arch"] = "unet_128"
-    save_tensors(p, tensors, meta)
+    p = _tampered_checkpoint(t, arch="unet_128")
     return Case(["info", str(p)], ["g.safetensors", "does not fit unet_128"])
 
 
 @row("info_checkpoint_other_width")
 def _(t):
-    p = tiny_generator(t / "g.safetensors", ngf=4)
-    from srpkd.checkpoint import load_tensors
-
-    tensors, meta = load_tensors(p)
-    meta["kwargs"]["ngf"] = 8
-    save_tensors(p, tensors, meta)
+    p = _tampered_checkpoint(t, ngf=8)
     return Case(["info", str(p)], ["g.safetensors", "does not fit", "shape"])
 
 
 @row("info_checkpoint_absurd_width")
 def _(t):
     # a hand-edited header must not make srpkd allocate terabytes
-    p = tiny_generator(t / "g.safetensors", ngf=4)
-    from srpkd.checkpoint import load_tensors
-
-    tensors, meta = load_tensors(p)
-    meta["kwargs"]["ngf"] = 100_000
-    save_tensors(p, tensors, meta)
+    p = _tampered_checkpoint(t, ngf=100_000)
     return Case(["info", str(p)], ["g.safetensors", "does not fit"])
 
 
