@@ -391,6 +391,8 @@ def teacher_for(args, task: str, tdir: Path, ds_over: dict, arch_key: str) -> di
     o = budget_overrides(args, task)
     o.update(ds_over)
     o.update(TEACHER_ARCH[arch_key])
+    if arch_key == "resnet":
+        o["student.ngf"] = args.teacher_ngf
     o.update(variant_overrides("scratch"))
     o.update({"optim.steps": args.teacher_steps, "ckpt_every": max(args.teacher_steps // 4, 1), "seed": 1234})
     if not (run_dir / "student.safetensors").is_file():
@@ -543,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--datasets", nargs="+", help="subset of the task's datasets (paired: facades edges2shoes)")
     p.add_argument("--steps", type=int, default=2000, help="optimisation steps per student run (default 2000)")
     p.add_argument("--teacher-steps", type=int, default=4000, help="paired/unpaired: teacher steps (default 4000)")
+    p.add_argument("--teacher-ngf", type=int, default=64,
+                   help="paired/unpaired: width of the trained ResNet teacher (default 64, METHOD.md's pairs)")
     p.add_argument("--size", type=int, default=128, help="image size in px, train and test (default 128)")
     p.add_argument("--batch", type=int, default=4, help="batch size (default 4)")
     p.add_argument("--ndf", type=int, default=32, help="discriminator width, all runs (default 32)")
@@ -595,6 +599,8 @@ def main(argv: list[str] | None = None) -> int:
     stamp = {"steps": args.steps, "teacher_steps": args.teacher_steps, "size": args.size, "batch": args.batch,
              "ndf": args.ndf, "train_images": args.train_images, "test_images": args.test_images, "extra": args.extra,
              "weights": WEIGHTS}
+    if args.teacher_ngf != 64:  # only when set, so folders made before the option stay valid
+        stamp["teacher_ngf"] = args.teacher_ngf
     stamp_file = tdir / "budget.json"
     if stamp_file.is_file() and json.loads(stamp_file.read_text()) != stamp:
         raise SystemExit(f"{tdir} holds runs of another budget ({stamp_file}); choose another --out to keep both")

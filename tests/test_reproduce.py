@@ -80,3 +80,18 @@ def test_quick_real_teacher_end_to_end(tmp_path, capsys):
     # another budget in the same folder is refused, not mixed
     with pytest.raises(SystemExit, match="another budget"):
         reproduce.main(argv + ["--set", "loss.srp=1"])
+
+
+@pytest.mark.parametrize("ngf", [64, 32])
+def test_teacher_width_reaches_the_teacher_run(tmp_path, monkeypatch, ngf):
+    # --teacher-ngf sets the trained ResNet teacher's width and nothing else; unpaired teachers come as a pair
+    seen = {}
+    monkeypatch.setattr(reproduce, "train_run", lambda cmd, run_dir, o, t: seen.update(cmd=cmd, o=o) or 0.0)
+    monkeypatch.setattr(reproduce, "eval_run", lambda run_dir, n: 0.0)
+    args = reproduce.argparse.Namespace(steps=3, teacher_steps=7, teacher_ngf=ngf, size=64, batch=4, ndf=32,
+                                        train_images=None, test_images=None, threads=1)
+    t = reproduce.teacher_for(args, "unpaired", tmp_path, {"data.root": "x"}, "resnet")
+    assert seen["cmd"] == "train" and seen["o"]["student.ngf"] == ngf and seen["o"]["optim.steps"] == 7
+    assert seen["o"]["student.arch"] == "resnet_9blocks" and seen["o"]["loss.kd"] == 0.0
+    assert t["teacher.checkpoint"].endswith("teacher_resnet/student.safetensors")
+    assert t["teacher.checkpoint_B"].endswith("teacher_resnet/student_B.safetensors")
