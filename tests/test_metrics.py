@@ -33,6 +33,31 @@ def test_psnr_quantises_like_saved_images():
     assert psnr(a, b, quantize=False) < 100.0
 
 
+def test_metric_pixels_equal_saved_pixels():
+    # the 8-bit values PSNR/SSIM/Inception see are exactly those of a saved PNG
+    from srpkd.data.images import to_255, to_uint8
+
+    x = torch.rand(3, 5, 7) * 2.4 - 1.2  # also outside [-1, 1]: clamped
+    assert torch.equal(to_255(x).to(torch.uint8).permute(1, 2, 0), torch.from_numpy(to_uint8(x)))
+    assert to_255(x).min() >= 0 and to_255(x).max() <= 255 and torch.equal(to_255(x), to_255(x).round())
+    assert not torch.equal(to_255(x, quantize=False), to_255(x))
+
+
+def test_metric_networks_are_shared_per_device():
+    from srpkd.metrics.shared import per_device
+
+    built = []
+
+    class Net(torch.nn.Linear):
+        def __init__(self):
+            super().__init__(2, 2)
+            built.append(self)
+
+    get = per_device(Net)
+    assert get("cpu") is get(torch.device("cpu")) is get()
+    assert len(built) == 1 and get.instances == {torch.device("cpu"): built[0]}
+
+
 def test_ssim_and_l1():
     torch.manual_seed(0)
     a = torch.rand(2, 3, 24, 24) * 2 - 1

@@ -71,10 +71,19 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).div(127.5).sub(1.0).contiguous()
 
 
+def to_255(x: torch.Tensor, quantize: bool = True) -> torch.Tensor:
+    """[-1, 1] -> float [0, 255] (clamped, on x's device), rounded like saved 8-bit images when ``quantize``.
+
+    The one place the generator range meets pixel values: saved images, PSNR/SSIM and the
+    Inception input all go through it, so a metric sees exactly what a saved PNG holds.
+    """
+    y = (x.detach().float().clamp(-1.0, 1.0) + 1.0) * 127.5
+    return y.round() if quantize else y
+
+
 def to_uint8(t: torch.Tensor) -> np.ndarray:
     """Tensor (3, H, W) in [-1, 1] -> uint8 array (H, W, 3), rounded as pix2pix saves images."""
-    arr = (t.detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5
-    return arr.round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return to_255(t.cpu()).to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 def to_image(t: torch.Tensor) -> Image.Image:

@@ -93,9 +93,9 @@ def extract_features(
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
     """Features of batches of [-1, 1] images (rounded to 8 bits first, as saved images are)."""
-    from .inception import images_to_255
+    from ..data.images import to_255
 
-    out = [extractor(images_to_255(x).to(device)).float().cpu() for x in batches]
+    out = [extractor(to_255(x).to(device)).float().cpu() for x in batches]
     if not out:
         raise SrpkdError("no images to extract features from")
     return torch.cat(out)

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import torch
 
+from ..data.images import to_255
+
 __all__ = ["psnr", "ssim", "l1", "to_255"]
 
 PSNR_MAX_DB = 100.0
@@ -37,12 +39,6 @@ def _pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     if a.dim() != 4 or a.shape != b.shape:
         raise ValueError(f"expected two image batches of the same shape (N, C, H, W), got {tuple(a.shape)} and {tuple(b.shape)}")
     return a.detach().float(), b.detach().float()
-
-
-def to_255(x: torch.Tensor, quantize: bool = True) -> torch.Tensor:
-    """[-1, 1] -> [0, 255] (clamped), rounded like saved images when ``quantize``."""
-    y = (x.clamp(-1.0, 1.0) + 1.0) * 127.5
-    return y.round() if quantize else y
 
 
 def _reduce(values: torch.Tensor, reduction: str):

@@ -31,6 +31,7 @@ import torch.nn as nn
 
 from ..assets import fid_inception_path
 from ..errors import SrpkdError
+from .shared import per_device
 
 INCEPTION_SIZE = 299
 FEATURE_DIM = 2048
@@ -80,7 +81,7 @@ class InceptionFeatures(nn.Module):
     """Images -> 2048-d TF-Inception pool features.
 
     ``forward`` takes a float batch (N, 3, H, W) of 8-bit values in [0, 255]
-    (use :func:`images_to_255` for generator outputs). ``extractor_id``
+    (use :func:`srpkd.data.images.to_255` for generator outputs). ``extractor_id``
     names the network file (by hash) and the preprocessing, for caches.
     """
 
@@ -118,17 +119,4 @@ class InceptionFeatures(nn.Module):
         return feats.float()
 
 
-def images_to_255(x: torch.Tensor) -> torch.Tensor:
-    """Generator-range [-1, 1] images -> float [0, 255] rounded like saved 8-bit images."""
-    return ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round()
-
-
-_SHARED: dict[str, InceptionFeatures] = {}
-
-
-def inception(device: str | torch.device = "cpu") -> InceptionFeatures:
-    """A process-wide shared extractor (loading the 87 MB network takes a moment)."""
-    key = str(device)
-    if key not in _SHARED:
-        _SHARED[key] = InceptionFeatures().to(device)
-    return _SHARED[key]
+inception = per_device(InceptionFeatures)  # the 87 MB network, loaded once per device

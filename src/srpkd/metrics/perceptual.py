@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import SrpkdError
+from .shared import per_device
 
 CHANNELS = (64, 192, 384, 256, 256)
 
@@ -151,14 +152,7 @@ class STLPIPS(nn.Module):
         return total.flatten()
 
 
-_SHARED: dict[str, STLPIPS] = {}
-
-
-def stlpips(device: str | torch.device = "cpu") -> STLPIPS:
-    key = str(device)
-    if key not in _SHARED:
-        _SHARED[key] = STLPIPS().to(device)
-    return _SHARED[key]
+stlpips = per_device(STLPIPS)
 
 
 @torch.no_grad()

@@ -1,0 +1,32 @@
+"""One shared instance per device of the frozen metric networks (Inception, ST-LPIPS).
+
+Loading their weights takes a moment, and every scorer in a process wants the same frozen
+network, so each is built once per device and handed out again.
+"""
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+import torch
+import torch.nn as nn
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def per_device(build: Callable[[], M]) -> Callable[..., M]:
+    """``get = per_device(Net)``: ``get(device)`` returns one shared ``Net().to(device)`` per device.
+
+    Devices are compared after ``torch.device(...)``, so ``"cpu"`` and ``torch.device("cpu")``
+    share one instance.
+    """
+    instances: dict[torch.device, M] = {}
+
+    def get(device: str | torch.device = "cpu") -> M:
+        key = torch.device(device)
+        if key not in instances:
+            instances[key] = build().to(key)
+        return instances[key]
+
+    get.__doc__ = f"The process-wide shared {getattr(build, '__name__', 'network')} on ``device``."
+    get.instances = instances  # type: ignore[attr-defined]
+    return get
