@@ -18,7 +18,7 @@ TASK is one of:
 * ``unpaired``: CycleGAN facades photo <-> label (``facades_unpaired``), both directions;
   teacher pair trained by ``srpkd train``; variant ``kd_srp_one`` puts the KD and relation
   terms on G_A only (``loss.srp_both=false``). Metrics: FID, KID per direction against the
-  real target domain (train + test).
+  real target domain (train + test), and PSNR to the teacher's outputs per direction.
 
 Variants (identical budget: steps, batch, lr, discriminator, data, seeds):
 
@@ -131,7 +131,8 @@ TASKS = {
         "datasets": {"facades": {"data.root": str(SHARED / "facades_unpaired"), "data.direction": "AtoB"}},
         "variants": BASE_VARIANTS + ["kd_srp_one"],
         "students": ["r16", "r32", "m16"],
-        "metrics": [("student", "fid"), ("student", "kid"), ("student_BtoA", "fid"), ("student_BtoA", "kid")],
+        "metrics": [("student", "fid"), ("student", "kid"), ("student_BtoA", "fid"), ("student_BtoA", "kid"),
+                    ("fidelity", "psnr"), ("fidelity_BtoA", "psnr")],
     },
 }
 LOWER_BETTER = {"fid", "kid", "l1", "st_lpips"}
