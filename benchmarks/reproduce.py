@@ -16,8 +16,8 @@ TASK is one of:
   students r32 / r16 / m16, U-Net ngf 64 for u16) is trained first by ``srpkd train`` and
   kept under the out folder. Metrics: FID, KID, PSNR, SSIM to the ground truth.
 * ``unpaired``: CycleGAN facades photo <-> label (``facades_unpaired``), both directions;
-  teacher pair trained by ``srpkd train``; variant ``kd_srp_one`` puts the KD and relation
-  terms on G_A only (``loss.srp_both=false``). Metrics: FID, KID per direction against the
+  teacher pair trained by ``srpkd train``; variant ``kd_srp_one`` keeps output KD on both
+  generators and puts the relation term on G_A only (``loss.srp_both=false``). Metrics: FID, KID per direction against the
   real target domain (train + test), and PSNR to the teacher's outputs per direction.
 
 Variants (identical budget: steps, batch, lr, discriminator, data, seeds):
@@ -33,7 +33,7 @@ feat       output KD + FitNets feature KD (1x1 adapter, MSE) at the encoder outp
 feat_srp   output KD + feature KD + relation loss
 sp         output KD + similarity-preserving KD (Tung & Mori) at the encoder output
 at         output KD + attention transfer (Zagoruyko & Komodakis) at the encoder output
-kd_srp_one unpaired only: kd_srp on G_A only (loss.srp_both=false)
+kd_srp_one unpaired only: kd on both generators, relation loss on G_A only (loss.srp_both=false)
 =========  =====================================================================
 
 Loss weights: ``kd`` 10 (the presets'). Every other term's weight makes the norm of its

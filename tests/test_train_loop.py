@@ -67,7 +67,19 @@ def test_unpaired_both_directions(tmp_path, unaligned_dir):
     assert load_generator(tmp_path / "u" / "checkpoints" / "last.safetensors", prefix="G_B.").arch == "resnet_9blocks"
 
 
-def test_unpaired_one_direction_and_srp_on_one_generator(tmp_path, unaligned_dir):
+def test_unpaired_relation_loss_on_one_generator_keeps_kd_on_both(tmp_path, unaligned_dir):
+    # loss.srp_both=false is the paper's one-generator ablation: only the relation term leaves G_B
+    ta = tiny_teacher(tmp_path / "ta.safetensors", seed=1)
+    tb = tiny_teacher(tmp_path / "tb.safetensors", seed=2)
+    assert main(["distill", "--data", str(unaligned_dir), "--mode", "unaligned", "--task", "unpaired", "--size", "32",
+                 "--steps", "1", "--batch-size", "2", "--name", "one", "--out-dir", str(tmp_path), "--teacher", str(ta),
+                 "--teacher-b", str(tb), "--set", "data.load_size=32", "--set", "loss.srp=100",
+                 "--set", "loss.srp_both=false", *TINY]) == 0
+    keys = {k for k in read_log(tmp_path / "one")[0] if k.startswith("loss/")}
+    assert {"loss/kd", "loss/srp", "loss/kd_B"} <= keys and "loss/srp_B" not in keys
+
+
+def test_unpaired_one_direction(tmp_path, unaligned_dir):
     ta = tiny_teacher(tmp_path / "ta.safetensors")
     assert main(["distill", "--data", str(unaligned_dir), "--mode", "unaligned", "--task", "unpaired", "--size", "32",
                  "--steps", "2", "--batch-size", "2", "--name", "a", "--out-dir", str(tmp_path), "--teacher", str(ta),

@@ -73,7 +73,7 @@ class LossConfig:
     srp: float = 0.0  # semantic relation loss (set by the presets)
     srp_taps: list[str] = field(default_factory=lambda: ["encoder"])
     srp_method: str = "factorized"  # factorized | dense
-    srp_both: bool = True  # unpaired: relation loss on both generators (False: on G_A only)
+    srp_both: bool = True  # unpaired: relation loss on both generators (False: on G_A only; KD stays on both)
     feat: float = 0.0  # FitNets-style feature KD through a learned 1x1 adapter
     feat_taps: list[str] = field(default_factory=lambda: ["encoder"])
     sp: float = 0.0  # similarity-preserving KD (Tung & Mori 2019)

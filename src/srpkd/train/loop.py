@@ -14,8 +14,9 @@ Tasks (``cfg.task``):
 
 With a teacher (``distill``) the KD terms of :mod:`srpkd.distill.kd` are added
 to the generator loss: on G with teacher.checkpoint; in an unpaired task also
-on G_B with teacher.checkpoint_B when ``loss.srp_both``. A term with weight 0
-is not computed. The discriminator never sees KD terms.
+on G_B with teacher.checkpoint_B, the relation term there only when
+``loss.srp_both`` (the paper's one-vs-both-generators ablation changes the
+relation loss alone). A term with weight 0 is not computed. The discriminator never sees KD terms.
 
 The run folder layout (read by ``srpkd eval`` / ``srpkd report``)::
 
@@ -24,6 +25,7 @@ The run folder layout (read by ``srpkd eval`` / ``srpkd report``)::
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -242,10 +244,11 @@ class Trainer:
             self.kd = KDTerms(cfg.loss, t.to(dev), self.G, label="").to(dev)
             self.teacher = Teacher(t, self.kd.tap_names, dev, cfg.channels_last, cfg.amp,
                                    norm_taps=self.kd.relation_norm_taps)
-            if self.both and cfg.loss.srp_both:
+            if self.both:
                 if cfg.teacher.checkpoint_B:
                     tb = load_teacher(cfg.teacher.checkpoint_B)
-                    self.kd_B = KDTerms(cfg.loss, tb.to(dev), self.G_B, label="_B").to(dev)
+                    loss_b = cfg.loss if cfg.loss.srp_both else dataclasses.replace(cfg.loss, srp=0.0)
+                    self.kd_B = KDTerms(loss_b, tb.to(dev), self.G_B, label="_B").to(dev)
                     self.teacher_B = Teacher(tb, self.kd_B.tap_names, dev, cfg.channels_last, cfg.amp,
                                              norm_taps=self.kd_B.relation_norm_taps)
                 else:
