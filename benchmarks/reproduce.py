@@ -467,7 +467,8 @@ def write_results(tdir: Path, spec: dict, rows: list[dict], teachers: dict, meta
 
     lines = [f"# {meta['task']}: results (mean ± sample std over seeds {meta['seeds']})", ""]
     lines.append(f"Command: `{meta['command']}`  ")
-    lines.append(f"Machine: {meta['machine']}; wall time {meta['wall_s'] / 60:.1f} min (this invocation).  ")
+    lines.append(f"Machine: {meta['machine']}; wall time {meta['wall_s'] / 60:.1f} min (this invocation, which "
+                 f"skipped {meta.get('skipped_runs', 0)} runs finished earlier).  ")
     lines.append(f"Budget per run: {meta['budget']}")
     lines.append("")
     for name, t in teachers.items():
@@ -594,6 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     disk_cache = DiskTeacherCache(tdir / "teacher_cache")
     teacher_dirs: dict[str, Path] = {}
     rows = []
+    skipped = 0
     budget = (f"{args.steps} steps, batch {args.batch}, Adam lr 2e-4 (beta1 0.5; linear decay over the last half), "
               f"{args.size} px (resize, no crop, no flip), PatchGAN ndf {args.ndf}, LSGAN, "
               f"{args.train_images or 'all'} training images, {args.test_images or 'all'} held-out images")
@@ -634,6 +636,7 @@ def main(argv: list[str] | None = None) -> int:
                     command = "train" if (var == "scratch" and task != "teacher_only") else "distill"
                     if (run_dir / "metrics.json").is_file():
                         log(f"skip {run_dir} (metrics.json exists)")
+                        skipped += 1
                     else:
                         log(f"run {run_dir}: srpkd {command}")
                         extra = {}
@@ -674,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU, "
                    f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
                    f"{os.environ.get('OMP_WAIT_POLICY')}",
-        "wall_s": time.time() - t_start, "teacher_cache": {"hits": disk_cache.hits, "misses": disk_cache.misses},
+        "wall_s": time.time() - t_start, "skipped_runs": skipped, "teacher_cache": {"hits": disk_cache.hits, "misses": disk_cache.misses},
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_results(tdir, spec, rows, tfig, meta)

@@ -76,6 +76,8 @@ def test_quick_real_teacher_end_to_end(tmp_path, capsys):
     assert log.count("skip ") == 4 and "srpkd distill" not in log
     again = json.loads((tdir / "results.json").read_text())
     assert {r["variant"]: r["metrics"] for r in again["rows"]} == before
+    assert res["meta"]["skipped_runs"] == 0 and again["meta"]["skipped_runs"] == 4
+    assert "skipped 4 runs finished earlier" in (tdir / "results.md").read_text()
 
     # another budget in the same folder is refused, not mixed
     with pytest.raises(SystemExit, match="another budget"):
