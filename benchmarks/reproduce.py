@@ -17,8 +17,9 @@ TASK is one of:
   kept under the out folder. Metrics: FID, KID, PSNR, SSIM to the ground truth.
 * ``unpaired``: CycleGAN facades photo <-> label (``facades_unpaired``), both directions;
   teacher pair trained by ``srpkd train``; variant ``kd_srp_one`` keeps output KD on both
-  generators and puts the relation term on G_A only (``loss.srp_both=false``). Metrics: FID, KID per direction against the
-  real target domain (train + test), and PSNR to the teacher's outputs per direction.
+  generators and puts the relation term on G_A only (``loss.srp_both=false``). Metrics:
+  FID, KID per direction against the real target domain (train + test), and PSNR to the
+  teacher's outputs per direction.
 
 Variants (identical budget: steps, batch, lr, discriminator, data, seeds):
 
@@ -468,7 +469,7 @@ def write_results(tdir: Path, spec: dict, rows: list[dict], teachers: dict, meta
     lines = [f"# {meta['task']}: results (mean ± sample std over seeds {meta['seeds']})", ""]
     lines.append(f"Command: `{meta['command']}`  ")
     lines.append(f"Machine: {meta['machine']}; wall time {meta['wall_s'] / 60:.1f} min (this invocation, which "
-                 f"skipped {meta.get('skipped_runs', 0)} runs finished earlier).  ")
+                 f"skipped {meta['skipped_runs']} runs finished earlier).  ")
     lines.append(f"Budget per run: {meta['budget']}")
     lines.append("")
     for name, t in teachers.items():
@@ -677,7 +678,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU, "
                    f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
                    f"{os.environ.get('OMP_WAIT_POLICY')}",
-        "wall_s": time.time() - t_start, "skipped_runs": skipped, "teacher_cache": {"hits": disk_cache.hits, "misses": disk_cache.misses},
+        "wall_s": time.time() - t_start, "skipped_runs": skipped,
+        "teacher_cache": {"hits": disk_cache.hits, "misses": disk_cache.misses},
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_results(tdir, spec, rows, tfig, meta)

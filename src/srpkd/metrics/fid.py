@@ -28,6 +28,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from ..data.images import to_255
 from ..errors import SrpkdError
 
 KID_SUBSETS = 100
@@ -93,8 +94,6 @@ def extract_features(
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
     """Features of batches of [-1, 1] images (rounded to 8 bits first, as saved images are)."""
-    from ..data.images import to_255
-
     out = [extractor(to_255(x).to(device)).float().cpu() for x in batches]
     if not out:
         raise SrpkdError("no images to extract features from")

@@ -16,7 +16,8 @@ With a teacher (``distill``) the KD terms of :mod:`srpkd.distill.kd` are added
 to the generator loss: on G with teacher.checkpoint; in an unpaired task also
 on G_B with teacher.checkpoint_B, the relation term there only when
 ``loss.srp_both`` (the paper's one-vs-both-generators ablation changes the
-relation loss alone). A term with weight 0 is not computed. The discriminator never sees KD terms.
+relation loss alone). A term with weight 0 is not computed. The discriminator
+never sees KD terms.
 
 The run folder layout (read by ``srpkd eval`` / ``srpkd report``)::
 
