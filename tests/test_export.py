@@ -17,6 +17,7 @@ from srpkd.inference import OnnxRunner, TorchScriptRunner, export_metadata, load
 FAMILIES = [
     ("resnet-instance", "resnet_9blocks", {"norm": "instance"}, [(64, 64), (96, 128), (128, 64)]),
     ("resnet-instance-affine", "resnet_9blocks", {"norm": "instance_affine"}, [(64, 64), (96, 128), (128, 64)]),
+    ("skip-resnet", "skip_resnet_9blocks", {"norm": "instance"}, [(64, 64), (96, 128), (128, 64)]),
     ("mobile-resnet", "mobile_resnet_9blocks", {"norm": "instance"}, [(64, 64), (96, 128), (128, 64)]),
     ("unet-batchnorm", "unet_128", {"norm": "batch"}, [(128, 128), (256, 128), (128, 256)]),
 ]

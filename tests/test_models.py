@@ -7,7 +7,7 @@ from srpkd import SrpkdError, create_discriminator, create_generator, list_model
 from srpkd.cli.main import main
 from srpkd.models import count_macs, count_params
 
-GENERATORS = ["resnet_9blocks", "resnet_6blocks", "mobile_resnet_9blocks", "unet_128", "unet_256"]
+GENERATORS = ["resnet_9blocks", "resnet_6blocks", "skip_resnet_9blocks", "mobile_resnet_9blocks", "unet_128", "unet_256"]
 
 
 # every network at 64/128/256 px, except U-Nets below their bottleneck's size (2^num_downs)
@@ -83,6 +83,21 @@ def test_mobile_uses_depthwise_convolutions():
     g = create_generator("mobile_resnet_9blocks", ngf=16)
     assert any(isinstance(m, torch.nn.Conv2d) and m.groups == 64 for m in g.modules())
     assert count_params(g) < count_params(create_generator("resnet_9blocks", ngf=16)) / 4
+
+
+def test_skip_resnet_head_sees_the_input():
+    """The global-skip student is the plain ResNet plus 3 input channels at its head, and it uses them."""
+    torch.manual_seed(0)
+    plain, skip = create_generator("resnet_9blocks", ngf=8), create_generator("skip_resnet_9blocks", ngf=8)
+    assert count_params(skip) - count_params(plain) == 3 * 3 * 7 * 7  # head: 3 more input channels, 3 outputs
+    assert count_macs(skip, 64) - count_macs(plain, 64) == 3 * 3 * 7 * 7 * 64 * 64
+    assert skip.tap_names == plain.tap_names
+    # A global colour shift is invisible to the instance-normalised body (the plain ResNet's output does not
+    # move) but reaches the skip student's output through its head.
+    x = torch.rand(1, 3, 64, 64) * 0.5 - 0.25
+    with torch.no_grad():
+        assert torch.allclose(plain(x), plain(x + 0.5), atol=1e-4)
+        assert not torch.allclose(skip(x), skip(x + 0.5), atol=1e-2)
 
 
 @pytest.mark.parametrize("n_layers,rf_out", [(3, 30), (2, 62)])

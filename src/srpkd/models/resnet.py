@@ -4,9 +4,16 @@ stem (reflect pad, 7x7 conv) -> down1, down2 (3x3 stride 2) -> n residual
 blocks -> up1, up2 (3x3 transposed, stride 2) -> head (7x7 conv, tanh).
 Taps: ``stem``, ``down1``, ``down2`` (alias ``encoder``), ``block1``..``blockN``,
 ``up1``, ``up2``.
+
+``skip_resnet_9blocks`` is this project's student with a global skip: its head
+sees the input image beside the decoder's features (``input_skip``), so the
+image's own detail and absolute colour reach the output without passing through
+the instance-normalised, 4x down-sampled body. For tasks that keep the image's
+layout (photo filters); the paper's pairs use the plain ResNet.
 """
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
 from .base import Generator, norm_layer, uses_bias
@@ -55,6 +62,7 @@ class ResnetGenerator(Generator):
         norm: str = "instance",
         dropout: float = 0.0,
         separable: bool = False,
+        input_skip: bool = False,
     ) -> None:
         super().__init__()
         bias = uses_bias(norm)
@@ -74,7 +82,9 @@ class ResnetGenerator(Generator):
         self.up2 = nn.Sequential(
             nn.ConvTranspose2d(ngf * 2, ngf, 3, 2, 1, output_padding=1, bias=bias), norm_layer(norm, ngf), nn.ReLU(True)
         )
-        self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7), nn.Tanh())
+        self.input_skip = input_skip
+        head_in = ngf + (in_channels if input_skip else 0)
+        self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(head_in, out_channels, 7), nn.Tanh())
         self.tap_channels = {"stem": ngf, "down1": ngf * 2, "down2": ngf * 4}
         self.tap_channels.update({f"block{i + 1}": ngf * 4 for i in range(n_blocks)})
         self.tap_channels.update({"up1": ngf * 2, "up2": ngf})
@@ -93,7 +103,7 @@ class ResnetGenerator(Generator):
             h = getattr(self, name)(h)
             if keep:
                 keep(name, h)
-        return self.head(h)
+        return self.head(torch.cat([h, x], 1) if self.input_skip else h)
 
 
 @register("generator", "resnet_9blocks")
@@ -104,6 +114,11 @@ def resnet_9blocks(**kw) -> ResnetGenerator:
 @register("generator", "resnet_6blocks")
 def resnet_6blocks(**kw) -> ResnetGenerator:
     return ResnetGenerator(n_blocks=6, **kw)
+
+
+@register("generator", "skip_resnet_9blocks")
+def skip_resnet_9blocks(**kw) -> ResnetGenerator:
+    return ResnetGenerator(n_blocks=9, input_skip=True, **kw)
 
 
 @register("generator", "mobile_resnet_9blocks")
