@@ -238,7 +238,8 @@ class Trainer:
         # teachers and KD terms
         self.teacher = self.teacher_B = None
         self.kd = self.kd_B = None
-        from ..distill import KDTerms, Teacher, load_teacher
+        from ..assets import resolve_teacher as load_teacher
+        from ..distill import KDTerms, Teacher
 
         if self.distill:
             t = load_teacher(cfg.teacher.checkpoint)
@@ -366,9 +367,9 @@ class Trainer:
         lw = cfg.loss
         x = self._to(batch["A"])
         y = self._to(batch["B"]) if cfg.task == "paired" else None
-        t_out = t_feats = None
+        t_out = t_feats = t_norms = None
         if self.teacher is not None:
-            t_out, t_feats = self._teacher_out(self.teacher, x, batch)
+            t_out, t_feats, t_norms = self._teacher_out(self.teacher, x, batch)
         taps = self.kd.tap_names if self.kd is not None else []
         set_requires_grad([self.D], False)
         with self._autocast():
@@ -380,7 +381,7 @@ class Trainer:
             if y is not None and lw.l1 > 0:
                 lg["G_l1"] = lw.l1 * (s_out.float() - y).abs().mean()
             if self.kd is not None:
-                lg.update(self.kd(s_out.float(), {k: v.float() for k, v in s_feats.items()}, t_out, t_feats))
+                lg.update(self.kd(s_out.float(), {k: v.float() for k, v in s_feats.items()}, t_out, t_feats, t_norms))
         self._backward_step(lg, self.optG, self.g_params, step)
         ld: dict[str, torch.Tensor] = {}
         if self.use_gan:
@@ -420,11 +421,11 @@ class Trainer:
                 if self.both:
                     lg["G_gan_B"] = lw.gan * self.gan_loss(self.fD_B(fake_A), True, for_discriminator=False)
             if self.kd is not None:
-                t_out, t_feats = self._teacher_out(self.teacher, real_A, batch)
-                lg.update(self.kd(fake_B.float(), {k: v.float() for k, v in f_A.items()}, t_out, t_feats))
+                t = self._teacher_out(self.teacher, real_A, batch)
+                lg.update(self.kd(fake_B.float(), {k: v.float() for k, v in f_A.items()}, *t))
             if self.kd_B is not None:
-                t_out, t_feats = self._teacher_out(self.teacher_B, real_B, batch)
-                lg.update(self.kd_B(fake_A.float(), {k: v.float() for k, v in f_B.items()}, t_out, t_feats))
+                t = self._teacher_out(self.teacher_B, real_B, batch)
+                lg.update(self.kd_B(fake_A.float(), {k: v.float() for k, v in f_B.items()}, *t))
         self._backward_step(lg, self.optG, self.g_params, step)
         ld: dict[str, torch.Tensor] = {}
         if self.use_gan:
