@@ -13,6 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .. import run_folder
+
 log = logging.getLogger("srpkd.train")
 
 
@@ -80,10 +82,10 @@ def resolve_run_dir(args, cfg) -> tuple[Path, bool]:
         p = Path(args.resume)
         if not p.is_dir():
             p = Path(args.out_dir or "runs") / args.resume
-        if not (p / "checkpoints" / "last.safetensors").is_file():
-            if (p / "config.yaml").is_file():  # stopped before its first checkpoint: start it again
+        if not (p / run_folder.LAST).is_file():
+            if (p / run_folder.CONFIG).is_file():  # stopped before its first checkpoint: start it again
                 return p, False
-            raise SrpkdError(f"cannot resume {args.resume}: no checkpoints/last.safetensors in {p}")
+            raise SrpkdError(f"cannot resume {args.resume}: no {run_folder.LAST} in {p}")
         return p, True
     return Path(cfg.out_dir) / cfg.name, False
 
@@ -136,7 +138,7 @@ def run(args) -> int:
         run_dir, _ = resolve_run_dir(args, None)
         if args.config:
             raise SrpkdError("--resume continues a run with its own config.yaml; drop --config (use --set to change keys)")
-        cfg = load_config(run_dir / "config.yaml", [o for o in overrides if not o.startswith(("name=", "out_dir="))])
+        cfg = load_config(run_dir / run_folder.CONFIG, [o for o in overrides if not o.startswith(("name=", "out_dir="))])
     else:
         cfg = load_config(args.config or "main", overrides)
     if not args.distill:
@@ -159,7 +161,7 @@ def run(args) -> int:
         run_dir, resume = resolve_run_dir(args, cfg)
         if not resume and dist.is_main():
             print(f"srpkd: {run_dir} stopped before its first checkpoint; starting it again from step 0", flush=True)
-            (run_dir / "log.jsonl").unlink(missing_ok=True)
+            (run_dir / run_folder.LOG).unlink(missing_ok=True)
     dist.barrier()
 
     try:
@@ -181,7 +183,7 @@ def run(args) -> int:
         if not dist.is_main():
             return _exit_code(result)
         if result["status"] == "stopped":
-            print(f"srpkd: stopped at step {result['step']}; last checkpoint {run_dir / 'checkpoints' / 'last.safetensors'}"
+            print(f"srpkd: stopped at step {result['step']}; last checkpoint {run_dir / run_folder.LAST}"
                   f" (continue with: srpkd {'distill' if args.distill else 'train'} --resume {run_dir})", file=sys.stderr)
             return _exit_code(result)
         cut = (f" (time_limit {cfg.time_limit:g} s reached: {trainer.time_limited} planned)"

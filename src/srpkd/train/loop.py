@@ -19,10 +19,7 @@ on G_B with teacher.checkpoint_B, the relation term there only when
 relation loss alone). A term with weight 0 is not computed. The discriminator
 never sees KD terms.
 
-The run folder layout (read by ``srpkd eval`` / ``srpkd report``)::
-
-    runs/<name>/config.yaml, log.jsonl, tb/, samples.png, student.safetensors
-    [student_B.safetensors], checkpoints/{last,best,step_XXXXXXX}.safetensors
+The run folder's files (read by ``srpkd eval`` / ``srpkd report``) are named in :mod:`srpkd.run_folder`.
 """
 from __future__ import annotations
 
@@ -42,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .. import run_folder
 from ..checkpoint import generator_record, load_state_strict, load_tensors, save_generator, save_tensors
 from ..config import Config, save_config, to_dict
 from ..errors import SrpkdError
@@ -142,7 +140,7 @@ class Trainer:
         self.best: dict[str, Any] | None = None
         self.elapsed_before = 0.0
         if resume:
-            self._load_state(self.run_dir / "checkpoints" / "last.safetensors")
+            self._load_state(self.run_dir / run_folder.LAST)
 
     # ------------------------------------------------------------------ setup
     def _check_task(self) -> None:
@@ -339,7 +337,7 @@ class Trainer:
                         bad = (name, f)
                         break
         if dist.any_flag(bad is not None, self.device):
-            last = self.run_dir / "checkpoints" / "last.safetensors"
+            last = self.run_dir / run_folder.LAST
             kept = f"the last good checkpoint {last} is kept" if last.is_file() else "no checkpoint was written"
             what = f"loss {bad[0]} is {bad[1]}" if bad else "a loss is not finite on another rank"
             raise NonFiniteLoss(f"{what} at step {step + 1}: stopping ({kept})")
@@ -507,7 +505,7 @@ class Trainer:
         arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         from ..checkpoint import atomic_path
 
-        with atomic_path(self.run_dir / "samples.png") as tmp:
+        with atomic_path(self.run_dir / run_folder.SAMPLES) as tmp:
             Image.fromarray(arr).save(tmp, format="PNG")
         if tb is not None:
             tb.add_image("samples", grid, self.step)
@@ -580,8 +578,8 @@ class Trainer:
             log.info(f"the run already reached step {self.step} of {self.total_steps}")
 
     def _rotate(self) -> None:
-        ck = self.run_dir / "checkpoints"
-        steps = sorted(ck.glob("step_*.safetensors"))
+        ck = self.run_dir / run_folder.CHECKPOINTS
+        steps = sorted(ck.glob(run_folder.STEP_GLOB))
         for old in steps[: max(0, len(steps) - self.cfg.keep_last)]:
             old.unlink(missing_ok=True)
 
@@ -633,13 +631,13 @@ class Trainer:
         tb = None
         if self.main:
             make_run_dir(run_dir)
-            save_config(cfg, run_dir / "config.yaml")
+            save_config(cfg, run_dir / run_folder.CONFIG)
             if self.resume:
-                _truncate_log(run_dir / "log.jsonl", self.step)
+                _truncate_log(run_dir / run_folder.LOG, self.step)
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                tb = SummaryWriter(str(run_dir / "tb"))
+                tb = SummaryWriter(str(run_dir / run_folder.TENSORBOARD))
             except Exception as e:  # tensorboard missing or broken: the run still works
                 log.warning(f"tensorboard disabled: {e}")
         cache_line = self.prepare_cache()
@@ -647,7 +645,7 @@ class Trainer:
             log.info(cache_line)
         self.cache_line = cache_line
         old_handlers = self._install_signals()
-        logf = open(run_dir / "log.jsonl", "a") if self.main else None
+        logf = open(run_dir / run_folder.LOG, "a") if self.main else None
         bar = None
         start = self.step
         status = "done"
@@ -697,9 +695,9 @@ class Trainer:
                 if self.main and cfg.sample_every and self.step % cfg.sample_every == 0 and not last:
                     self.write_samples(tb)
                 if self.main and cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and not last:
-                    self.save(run_dir / "checkpoints" / f"step_{self.step:07d}.safetensors")
+                    self.save(run_dir / run_folder.step_checkpoint(self.step))
                     self._rotate()
-                    self.save(run_dir / "checkpoints" / "last.safetensors")
+                    self.save(run_dir / run_folder.LAST)
                 if dist.any_flag(self.stop_signal is not None, self.device):
                     if self.stop_signal is None:
                         self.stop_signal = signal.SIGTERM
@@ -708,11 +706,11 @@ class Trainer:
             if self.main:
                 if status == "done" and self.total_steps > start:
                     self._validate(logf, tb, self.step // self.bpe)
-                self.save(run_dir / "checkpoints" / "last.safetensors")
+                self.save(run_dir / run_folder.LAST)
                 if status == "done":
-                    save_generator(self.G, run_dir / "student.safetensors", run=run_dir.name, step=self.step)
+                    save_generator(self.G, run_dir / run_folder.STUDENT, run=run_dir.name, step=self.step)
                     if self.G_B is not None:
-                        save_generator(self.G_B, run_dir / "student_B.safetensors", run=run_dir.name, step=self.step)
+                        save_generator(self.G_B, run_dir / run_folder.STUDENT_B, run=run_dir.name, step=self.step)
                     self.write_samples(tb)
         finally:
             if bar is not None:
@@ -740,12 +738,12 @@ class Trainer:
         if metric is not None and (self.best is None or metric < self.best["value"]):
             name = next(k for k in ("val/l1_to_teacher", "val/l1_to_target", "val/cycle_l1") if k in ev)
             self.best = {"metric": name, "value": metric, "step": self.step}
-            self.save(self.run_dir / "checkpoints" / "best.safetensors")
+            self.save(self.run_dir / run_folder.BEST)
 
 
 def make_run_dir(run_dir: Path) -> None:
     try:
-        (Path(run_dir) / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (Path(run_dir) / run_folder.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SrpkdError(f"cannot create the run folder {run_dir}: {e.strerror or e}") from None
 
