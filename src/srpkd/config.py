@@ -19,6 +19,21 @@ import yaml
 from .errors import SrpkdError
 
 TASKS = ("teacher_only", "paired", "unpaired")
+DATA_MODES = ("builtin", "aligned", "unaligned", "single")
+# The data layout a task trains and is scored on; teacher_only takes any layout (the teacher gives the targets).
+TASK_DATA_MODE = {"paired": ("aligned", "A|B image pairs"), "unpaired": ("unaligned", "trainA/trainB folders")}
+
+
+def task_for_data(mode: str) -> str:
+    """The task a data layout implies when none is given: aligned -> paired, unaligned -> unpaired, else teacher_only."""
+    return next((task for task, (need, _) in TASK_DATA_MODE.items() if need == mode), "teacher_only")
+
+
+def check_task_data(task: str, mode: str) -> None:
+    """Stop when ``task`` cannot be trained or scored on data of layout ``mode`` (training and srpkd eval alike)."""
+    if task in TASK_DATA_MODE and mode != TASK_DATA_MODE[task][0]:
+        need, what = TASK_DATA_MODE[task]
+        raise SrpkdError(f"task {task} needs data.mode {need} ({what}), got {mode}")
 
 
 @dataclass
@@ -282,7 +297,7 @@ def validate(cfg: Config) -> None:
         need(math.isfinite(value), f"{name} must be a finite number, got {value}")
     need(cfg.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {cfg.task!r}")
     need(cfg.directions in ("both", "AtoB"), f"directions must be both or AtoB, got {cfg.directions!r}")
-    need(cfg.data.mode in ("builtin", "aligned", "unaligned", "single"), f"data.mode unknown: {cfg.data.mode!r}")
+    need(cfg.data.mode in DATA_MODES, f"data.mode unknown: {cfg.data.mode!r}")
     need(cfg.data.direction in ("AtoB", "BtoA"), f"data.direction must be AtoB or BtoA, got {cfg.data.direction!r}")
     need(cfg.data.mode == "builtin" or bool(cfg.data.root), f"data.root is required for data.mode={cfg.data.mode}")
     for name in ("load_size", "crop_size"):

@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from .. import run_folder
+from ..config import check_task_data, task_for_data
 from ..errors import SrpkdError
 from . import image as image_metrics
 from .fid import FeatureCache, content_key, extract_features, fid_from_features, kid_from_features
@@ -244,10 +245,7 @@ def evaluate_generator(
         raise SrpkdError(f"--size must be a positive multiple of {multiple}, got {size}")
     if task == "teacher_only" and teacher is None:
         raise SrpkdError("a teacher_only evaluation needs a teacher (--teacher CKPT or builtin:vintagify)")
-    if task == "unpaired" and mode != "unaligned":
-        raise SrpkdError(f"an unpaired task needs the unaligned data layout (trainA/trainB/testA/testB), not {mode!r}")
-    if task == "paired" and mode != "aligned":
-        raise SrpkdError(f"a paired task needs the aligned data layout (A|B pairs), not {mode!r}")
+    check_task_data(task, mode)
     t0 = time.perf_counter()
     dataset, has_target, ref = _test_data(mode, root, direction, test_split, train_split, size, max_images, task)
     if len(dataset) < 2:
@@ -314,9 +312,9 @@ def evaluate_run(
     if cfg:
         task = cfg.task
         if data is not None or mode != cfg.data.mode:  # the user points the run at other data
-            task = {"aligned": "paired", "unaligned": "unpaired"}.get(mode, "teacher_only") if cfg.task != "teacher_only" else "teacher_only"
+            task = task_for_data(mode) if cfg.task != "teacher_only" else "teacher_only"
     else:
-        task = {"aligned": "paired", "unaligned": "unpaired"}.get(mode, "teacher_only")
+        task = task_for_data(mode)
     if mode in ("aligned", "unaligned", "single") and not root:
         raise SrpkdError(f"data mode {mode!r} needs a data folder (--data DIR)")
     scorer = scorer or Scorer()

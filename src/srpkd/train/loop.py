@@ -41,7 +41,7 @@ import torch.nn as nn
 
 from .. import run_folder
 from ..checkpoint import generator_record, load_state_strict, load_tensors, save_generator, save_tensors
-from ..config import Config, save_config, to_dict
+from ..config import Config, check_task_data, save_config, to_dict
 from ..errors import SrpkdError
 from . import dist
 from .data import SeededDataset, batches_per_epoch, collate, iterate
@@ -149,10 +149,7 @@ class Trainer:
             raise SrpkdError("distill needs teacher.checkpoint (a srpkd checkpoint or builtin:vintagify); use --teacher")
         if cfg.task == "teacher_only" and not self.distill:
             raise SrpkdError("task teacher_only learns from a teacher: use 'srpkd distill', or task paired/unpaired")
-        if cfg.task == "paired" and cfg.data.mode != "aligned":
-            raise SrpkdError(f"task paired needs data.mode aligned (A|B images), got {cfg.data.mode}")
-        if cfg.task == "unpaired" and cfg.data.mode != "unaligned":
-            raise SrpkdError(f"task unpaired needs data.mode unaligned (trainA/trainB folders), got {cfg.data.mode}")
+        check_task_data(cfg.task, cfg.data.mode)
         self.both = cfg.task == "unpaired" and cfg.directions == "both"
 
     def _build_data(self) -> None:
