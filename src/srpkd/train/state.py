@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,9 +43,7 @@ import torch
 from ..checkpoint import generator_record, load_state_strict, load_tensors, save_tensors
 from ..config import Config, to_dict
 from ..errors import SrpkdError
-
-if TYPE_CHECKING:  # type hints only: tasks.py builds networks, this module only reads them
-    from .tasks import Task
+from .tasks import Task
 
 
 def save_training_state(path: Path, task: Task, cfg: Config, distill: bool, *, step: int, epoch: int,
