@@ -28,7 +28,7 @@ TASK_DATA_MODE = {"paired": ("aligned", "A|B image pairs"), "unpaired": ("unalig
 
 
 def task_for_data(mode: str) -> str:
-    """The task a data layout implies when none is given: aligned -> paired, unaligned -> unpaired, else teacher_only."""
+    """The task a data layout implies: aligned -> paired, unaligned -> unpaired, any other -> teacher_only."""
     return next((task for task, (need, _) in TASK_DATA_MODE.items() if need == mode), "teacher_only")
 
 

@@ -137,8 +137,8 @@ def run(args) -> int:
         if dist.is_main():
             what = "distilling" if args.distill else "training"
             print(f"srpkd: {what} {cfg.task} -> {run_dir} ({trainer.total_steps} steps, batch "
-                  f"{cfg.optim.batch_size} x {dist.world_size()} process(es), {cfg.data.crop_size} px, device {trainer.device})",
-                  flush=True)
+                  f"{cfg.optim.batch_size} x {dist.world_size()} process(es), {cfg.data.crop_size} px, "
+                  f"device {trainer.device})", flush=True)
             if resume:
                 print(f"srpkd: resuming at step {trainer.step}", flush=True)
         result = _run_trainer(trainer)
@@ -156,8 +156,10 @@ def _load_config(args) -> tuple[Config, Path | None]:
     if args.resume:
         run_dir, _ = resolve_run_dir(args, None)
         if args.config:
-            raise SrpkdError("--resume continues a run with its own config.yaml; drop --config (use --set to change keys)")
-        cfg = load_config(run_dir / run_folder.CONFIG, [o for o in overrides if not o.startswith(("name=", "out_dir="))])
+            raise SrpkdError(f"--resume continues a run with its own {run_folder.CONFIG}; drop --config "
+                             "(use --set to change keys)")
+        kept = [o for o in overrides if not o.startswith(("name=", "out_dir="))]  # a resumed run keeps its folder
+        cfg = load_config(run_dir / run_folder.CONFIG, kept)
     else:
         cfg = load_config(args.config or "main", overrides)
     if not args.distill:
@@ -177,7 +179,8 @@ def _prepare_run_dir(args, cfg: Config, run_dir: Path | None) -> tuple[Path, boo
             cfg.name = f"{s[:8]}-{s[8:]}"
         run_dir, resume = resolve_run_dir(args, cfg)
         if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-            raise SrpkdError(f"run folder {run_dir} exists and is not empty; choose another --name or --resume {run_dir}")
+            raise SrpkdError(f"run folder {run_dir} exists and is not empty; "
+                             f"choose another --name or --resume {run_dir}")
         return run_dir, resume
     run_dir, resume = resolve_run_dir(args, cfg)
     if not resume and dist.is_main():

@@ -29,7 +29,8 @@ from ..checkpoint import save_generator
 from ..config import Config, save_config
 from ..errors import SrpkdError
 from . import dist
-from .data import SeededDataset, batches_per_epoch, check_train_sizes, eval_batch, is_deterministic, iterate, run_dataset
+from .data import (SeededDataset, batches_per_epoch, check_train_sizes, eval_batch, is_deterministic, iterate,
+                   run_dataset)
 from .runlog import RunLog, make_run_dir, truncate_log
 from .schedule import LinearDecay
 from .state import restore_training_state, save_training_state
@@ -212,14 +213,16 @@ class Trainer:
         if not self.cfg.cache_teacher:
             return "teacher cache: off (cache_teacher: false)"
         if not self.deterministic_data:
-            return "teacher cache: off (the training transform is random; set data.fixed_crops / a fixed preprocess and flip: false)"
+            return ("teacher cache: off (the training transform is random; "
+                    "set data.fixed_crops / a fixed preprocess and flip: false)")
         t0 = time.time()
+        n = len(self.data)
         for d in self.task.directions:
             if d.teacher is not None:  # direction B translates the B images
-                items = self.data if d.name == "A" else [{"A": self.data[(0, i)][d.name]} for i in range(len(self.data))]
+                items = self.data if d.name == "A" else [{"A": self.data[(0, i)][d.name]} for i in range(n)]
                 d.teacher.build_cache(items, desc=f"teacher cache {d.name}")
         mib = sum(t.cache_mib for t in teachers)
-        return f"teacher cache: on ({len(self.data)} fixed training items, {mib:.0f} MiB, filled in {time.time() - t0:.1f} s)"
+        return f"teacher cache: on ({n} fixed training items, {mib:.0f} MiB, filled in {time.time() - t0:.1f} s)"
 
     def run(self) -> dict[str, Any]:
         self._t0 = time.time()

@@ -103,6 +103,8 @@ class Task:
                 spec, loss = self.teacher_for(d.name)
                 if spec:
                     attach_teacher(d, spec, loss, cfg, dev)
+                else:
+                    log.warning(f"no teacher.checkpoint{d.suffix}: G{d.suffix} is trained without KD terms")
         return dirs
 
     def _compile(self, m: nn.Module | None):
@@ -205,8 +207,6 @@ class CycleGANTask(Task):
     def teacher_for(self, name: str) -> tuple[str | None, LossConfig]:
         if name == "A":
             return super().teacher_for(name)
-        if not self.cfg.teacher.checkpoint_B:
-            log.warning("no teacher.checkpoint_B: G_B is trained without KD terms")
         loss = self.cfg.loss if self.cfg.loss.srp_both else dataclasses.replace(self.cfg.loss, srp=0.0)
         return self.cfg.teacher.checkpoint_B, loss
 
