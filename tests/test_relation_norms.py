@@ -42,7 +42,7 @@ def test_teacher_norms_gradcheck():
 
 
 def test_teacher_cache_keeps_norms_for_relation_taps():
-    from srpkd.distill.teacher import SQ_NORMS, Teacher
+    from srpkd.distill.teacher import Teacher
     from srpkd.models import create_generator
 
     torch.manual_seed(0)
@@ -51,9 +51,9 @@ def test_teacher_cache_keeps_norms_for_relation_taps():
     teacher = Teacher(t, ["encoder"], torch.device("cpu"), norm_taps=["encoder"])
     teacher.build_cache(items, chunk=2)
     idx = torch.tensor([4, 1])
-    out, feats = teacher(None, idx)
-    assert set(feats) == {"encoder", "encoder" + SQ_NORMS}
-    torch.testing.assert_close(feats["encoder" + SQ_NORMS], relation_sq_norms(feats["encoder"]), rtol=1e-12, atol=0)
+    out, feats, sq_norms = teacher(None, idx)
+    assert set(feats) == {"encoder"} and set(sq_norms) == {"encoder"}
+    torch.testing.assert_close(sq_norms["encoder"], relation_sq_norms(feats["encoder"]), rtol=1e-12, atol=0)
     plain = Teacher(t, ["encoder"], torch.device("cpu"))
     plain.build_cache(items, chunk=2)
-    assert set(plain(None, idx)[1]) == {"encoder"}
+    assert set(plain(None, idx).feats) == {"encoder"} and not plain(None, idx).sq_norms

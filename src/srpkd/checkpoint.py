@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import torch
 import torch.nn as nn
 
+from . import run_folder
 from .errors import SrpkdError
 
 FORMAT = 1
@@ -229,7 +230,7 @@ def load_generator(path: str | os.PathLike, prefix: str | None = None) -> nn.Mod
     """
     path = Path(path)
     if path.is_dir():
-        candidates = [path / "student.safetensors", path / "generator.safetensors", path / "checkpoints" / "last.safetensors"]
+        candidates = [path / run_folder.STUDENT, path / "generator.safetensors", path / run_folder.LAST]
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
             raise SrpkdError(f"{path} is a folder without a srpkd generator (looked for {', '.join(c.name for c in candidates)})")

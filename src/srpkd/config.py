@@ -9,16 +9,34 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator
 
+import dacite
 import yaml
 
+from .checkpoint import atomic_path
 from .errors import SrpkdError
 
 TASKS = ("teacher_only", "paired", "unpaired")
+DATA_MODES = ("builtin", "aligned", "unaligned", "single")
+# The data layout a task trains and is scored on; teacher_only takes any layout (the teacher gives the targets).
+TASK_DATA_MODE = {"paired": ("aligned", "A|B image pairs"), "unpaired": ("unaligned", "trainA/trainB folders")}
+
+
+def task_for_data(mode: str) -> str:
+    """The task a data layout implies: aligned -> paired, unaligned -> unpaired, any other -> teacher_only."""
+    return next((task for task, (need, _) in TASK_DATA_MODE.items() if need == mode), "teacher_only")
+
+
+def check_task_data(task: str, mode: str) -> None:
+    """Stop when ``task`` cannot be trained or scored on data of layout ``mode`` (training and srpkd eval alike)."""
+    if task in TASK_DATA_MODE and mode != TASK_DATA_MODE[task][0]:
+        need, what = TASK_DATA_MODE[task]
+        raise SrpkdError(f"task {task} needs data.mode {need} ({what}), got {mode}")
 
 
 @dataclass
@@ -211,8 +229,6 @@ def _unknown_keys(cls: type, data: dict, prefix: str = "") -> list[str]:
 
 def _non_lists(cls: type, data: dict, prefix: str = "") -> list[tuple[str, Any]]:
     """List-typed keys given something else: dacite would try to convert a mapping and fail obscurely."""
-    import typing
-
     hints = typing.get_type_hints(cls)
     bad = []
     for f in dataclasses.fields(cls):
@@ -227,8 +243,6 @@ def _non_lists(cls: type, data: dict, prefix: str = "") -> list[tuple[str, Any]]
 
 
 def from_dict(data: dict[str, Any]) -> Config:
-    import dacite
-
     unknown = _unknown_keys(Config, data)
     if unknown:
         raise SrpkdError(f"unknown config key(s): {', '.join(unknown)}")
@@ -282,7 +296,7 @@ def validate(cfg: Config) -> None:
         need(math.isfinite(value), f"{name} must be a finite number, got {value}")
     need(cfg.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {cfg.task!r}")
     need(cfg.directions in ("both", "AtoB"), f"directions must be both or AtoB, got {cfg.directions!r}")
-    need(cfg.data.mode in ("builtin", "aligned", "unaligned", "single"), f"data.mode unknown: {cfg.data.mode!r}")
+    need(cfg.data.mode in DATA_MODES, f"data.mode unknown: {cfg.data.mode!r}")
     need(cfg.data.direction in ("AtoB", "BtoA"), f"data.direction must be AtoB or BtoA, got {cfg.data.direction!r}")
     need(cfg.data.mode == "builtin" or bool(cfg.data.root), f"data.root is required for data.mode={cfg.data.mode}")
     for name in ("load_size", "crop_size"):
@@ -313,7 +327,5 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    from .checkpoint import atomic_path
-
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

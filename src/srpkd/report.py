@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import run_folder
 from .errors import SrpkdError
 
 CSS = """
@@ -80,7 +81,7 @@ def read_log(path: Path) -> list[dict]:
 
 def _config(run: Path) -> tuple[Any, str | None]:
     """(Config or None, config text or None)."""
-    path = run / "config.yaml"
+    path = run / run_folder.CONFIG
     if not path.is_file():
         return None, None
     text = path.read_text(errors="replace")
@@ -111,11 +112,11 @@ def collect(run_dir: str | os.PathLike) -> dict:
     cfg, cfg_text = _config(run)
     size = cfg.data.crop_size if cfg else 256
     info: dict[str, Any] = {"name": run.name, "path": str(run), "config": cfg, "config_text": cfg_text, "size": size}
-    info["metrics"] = _read_json(run / "metrics.json")
-    info["profile"] = _read_json(run / "profile.json")
-    info["teacher_profile"] = _read_json(run / "profile_teacher.json")
-    info["log"] = read_log(run / "log.jsonl")
-    info["samples"] = run / "samples.png" if (run / "samples.png").is_file() else None
+    info["metrics"] = _read_json(run / run_folder.METRICS)
+    info["profile"] = _read_json(run / run_folder.PROFILE)
+    info["teacher_profile"] = _read_json(run / run_folder.PROFILE_TEACHER)
+    info["log"] = read_log(run / run_folder.LOG)
+    info["samples"] = run / run_folder.SAMPLES if (run / run_folder.SAMPLES).is_file() else None
     student = teacher = None
     try:
         from .checkpoint import load_generator
@@ -345,7 +346,7 @@ def _readable(path: Path) -> None:
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Write ``run_dir/report.html`` (or ``out``) atomically and return its path."""
     info = collect(run_dir)
-    return _write(Path(out) if out else Path(run_dir) / "report.html", render_run(info))
+    return _write(Path(out) if out else Path(run_dir) / run_folder.REPORT, render_run(info))
 
 
 def write_comparison(run_dirs: list[str | os.PathLike], out: str | os.PathLike) -> Path:

@@ -9,11 +9,20 @@ Multi-process: ``torchrun --nproc_per_node=N -m srpkd.cli.main distill ...``.
 """
 from __future__ import annotations
 
-import logging
+import json
+import signal
 import sys
 from pathlib import Path
 
-log = logging.getLogger("srpkd.train")
+import torch
+
+from .. import run_folder
+from ..config import Config, load_config
+from ..errors import SrpkdError
+from ..models import count_macs, count_params
+from ..report import write_report
+from ..train import dist
+from ..train.loop import Trainer, default_run_name, resolve_device
 
 
 def _add_common(p) -> None:
@@ -68,22 +77,18 @@ def flag_overrides(args) -> list[str]:
 
 
 def _quote(s: str) -> str:
-    import json
-
     return json.dumps(s)  # valid YAML: a path with ':' or spaces stays a string
 
 
 def resolve_run_dir(args, cfg) -> tuple[Path, bool]:
-    from ..errors import SrpkdError
-
     if args.resume:
         p = Path(args.resume)
         if not p.is_dir():
             p = Path(args.out_dir or "runs") / args.resume
-        if not (p / "checkpoints" / "last.safetensors").is_file():
-            if (p / "config.yaml").is_file():  # stopped before its first checkpoint: start it again
+        if not (p / run_folder.LAST).is_file():
+            if (p / run_folder.CONFIG).is_file():  # stopped before its first checkpoint: start it again
                 return p, False
-            raise SrpkdError(f"cannot resume {args.resume}: no checkpoints/last.safetensors in {p}")
+            raise SrpkdError(f"cannot resume {args.resume}: no {run_folder.LAST} in {p}")
         return p, True
     return Path(cfg.out_dir) / cfg.name, False
 
@@ -93,8 +98,6 @@ def _fmt_count(n: int, unit: str = "") -> str:
 
 
 def summary_table(trainer) -> list[str]:
-    from ..models import count_macs, count_params
-
     size = trainer.cfg.data.crop_size
     rows = []
     s_params, s_macs = count_params(trainer.G), count_macs(trainer.G, size)
@@ -124,27 +127,49 @@ def summary_table(trainer) -> list[str]:
 
 
 def run(args) -> int:
-    import torch
+    cfg, run_dir = _load_config(args)
+    device = resolve_device(cfg.device)
+    dist.init(device)
+    run_dir, resume = _prepare_run_dir(args, cfg, run_dir)
+    dist.barrier()
+    try:
+        trainer = Trainer(cfg, distill=args.distill, run_dir=run_dir, resume=resume, quiet=args.quiet)
+        if dist.is_main():
+            what = "distilling" if args.distill else "training"
+            print(f"srpkd: {what} {cfg.task} -> {run_dir} ({trainer.total_steps} steps, batch "
+                  f"{cfg.optim.batch_size} x {dist.world_size()} process(es), {cfg.data.crop_size} px, "
+                  f"device {trainer.device})", flush=True)
+            if resume:
+                print(f"srpkd: resuming at step {trainer.step}", flush=True)
+        result = _run_trainer(trainer)
+        if dist.is_main():
+            _print_result(args, trainer, result)
+        return _exit_code(result)
+    finally:
+        dist.shutdown()
 
-    from ..config import load_config
-    from ..errors import SrpkdError
-    from ..train import dist
-    from ..train.loop import Trainer, default_run_name, resolve_device
 
+def _load_config(args) -> tuple[Config, Path | None]:
+    """The run's config: a resumed run's own config.yaml (+ --set), else the preset (+ flags); and its folder."""
     overrides = flag_overrides(args)
+    run_dir = None
     if args.resume:
         run_dir, _ = resolve_run_dir(args, None)
         if args.config:
-            raise SrpkdError("--resume continues a run with its own config.yaml; drop --config (use --set to change keys)")
-        cfg = load_config(run_dir / "config.yaml", [o for o in overrides if not o.startswith(("name=", "out_dir="))])
+            raise SrpkdError(f"--resume continues a run with its own {run_folder.CONFIG}; drop --config "
+                             "(use --set to change keys)")
+        kept = [o for o in overrides if not o.startswith(("name=", "out_dir="))]  # a resumed run keeps its folder
+        cfg = load_config(run_dir / run_folder.CONFIG, kept)
     else:
         cfg = load_config(args.config or "main", overrides)
     if not args.distill:
         cfg.teacher.checkpoint = None
         cfg.teacher.checkpoint_B = None
+    return cfg, run_dir
 
-    device = resolve_device(cfg.device)
-    dist.init(device)
+
+def _prepare_run_dir(args, cfg: Config, run_dir: Path | None) -> tuple[Path, bool]:
+    """A new run: name it (rank 0's time stamp) and refuse a non-empty folder. A resumed one: checkpoint or restart."""
     if not args.resume:
         if not cfg.name:
             stamp = torch.tensor([int(default_run_name().replace("-", ""))], dtype=torch.long)
@@ -154,59 +179,44 @@ def run(args) -> int:
             cfg.name = f"{s[:8]}-{s[8:]}"
         run_dir, resume = resolve_run_dir(args, cfg)
         if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-            raise SrpkdError(f"run folder {run_dir} exists and is not empty; choose another --name or --resume {run_dir}")
-    else:
-        run_dir, resume = resolve_run_dir(args, cfg)
-        if not resume and dist.is_main():
-            print(f"srpkd: {run_dir} stopped before its first checkpoint; starting it again from step 0", flush=True)
-            (run_dir / "log.jsonl").unlink(missing_ok=True)
-    dist.barrier()
+            raise SrpkdError(f"run folder {run_dir} exists and is not empty; "
+                             f"choose another --name or --resume {run_dir}")
+        return run_dir, resume
+    run_dir, resume = resolve_run_dir(args, cfg)
+    if not resume and dist.is_main():
+        print(f"srpkd: {run_dir} stopped before its first checkpoint; starting it again from step 0", flush=True)
+        (run_dir / run_folder.LOG).unlink(missing_ok=True)
+    return run_dir, resume
 
+
+def _run_trainer(trainer: Trainer) -> dict:
     try:
-        trainer = Trainer(cfg, distill=args.distill, run_dir=run_dir, resume=resume, quiet=args.quiet)
-        if dist.is_main():
-            what = "distilling" if args.distill else "training"
-            print(f"srpkd: {what} {cfg.task} -> {run_dir} ({trainer.total_steps} steps, batch "
-                  f"{cfg.optim.batch_size} x {dist.world_size()} process(es), {cfg.data.crop_size} px, device {trainer.device})",
-                  flush=True)
-            if resume:
-                print(f"srpkd: resuming at step {trainer.step}", flush=True)
-        try:
-            result = trainer.run()
-        except RuntimeError as e:  # gloo/nccl: another rank died or hung past the timeout
-            if not dist.is_dist():
-                raise
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise SrpkdError(f"rank {dist.rank()}: lost contact with another process ({first}); the job stops") from None
-        if not dist.is_main():
-            return _exit_code(result)
-        if result["status"] == "stopped":
-            print(f"srpkd: stopped at step {result['step']}; last checkpoint {run_dir / 'checkpoints' / 'last.safetensors'}"
-                  f" (continue with: srpkd {'distill' if args.distill else 'train'} --resume {run_dir})", file=sys.stderr)
-            return _exit_code(result)
-        cut = (f" (time_limit {cfg.time_limit:g} s reached: {trainer.time_limited} planned)"
-               if trainer.time_limited else "")
-        print(f"srpkd: finished {result['step']} steps{cut} in {result['elapsed']:.0f} s; {trainer.cache_line}")
-        print(f"run folder: {run_dir}")
-        for line in summary_table(trainer):
-            print(line)
-        if args.distill:
-            try:
-                from ..report import write_report
-            except ImportError as e:
-                if getattr(e, "name", None) not in ("srpkd.report",):
-                    raise
-            else:
-                path = write_report(run_dir)
-                print(f"report: {path}")
-        return 0
-    finally:
-        dist.shutdown()
+        return trainer.run()
+    except RuntimeError as e:  # gloo/nccl: another rank died or hung past the timeout
+        if not dist.is_dist():
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise SrpkdError(f"rank {dist.rank()}: lost contact with another process ({first}); the job stops") from None
+
+
+def _print_result(args, trainer: Trainer, result: dict) -> None:
+    """Rank 0: how to continue a stopped run, or the summary (and report) of a finished one."""
+    cfg, run_dir = trainer.cfg, trainer.run_dir
+    if result["status"] == "stopped":
+        print(f"srpkd: stopped at step {result['step']}; last checkpoint {run_dir / run_folder.LAST}"
+              f" (continue with: srpkd {'distill' if args.distill else 'train'} --resume {run_dir})", file=sys.stderr)
+        return
+    cut = (f" (time_limit {cfg.time_limit:g} s reached: {trainer.time_limited} planned)"
+           if trainer.time_limited else "")
+    print(f"srpkd: finished {result['step']} steps{cut} in {result['elapsed']:.0f} s; {trainer.cache_line}")
+    print(f"run folder: {run_dir}")
+    for line in summary_table(trainer):
+        print(line)
+    if args.distill:
+        print(f"report: {write_report(run_dir)}")
 
 
 def _exit_code(result) -> int:
-    import signal
-
     if result["status"] != "stopped":
         return 0
     return 128 + int(result.get("signal") or signal.SIGTERM)

@@ -22,8 +22,8 @@ import math
 import torch
 import torch.nn as nn
 
+from .. import losses as L  # looked up per call: tests replace single losses (monkeypatch)
 from ..errors import SrpkdError
-from .teacher import SQ_NORMS
 
 FEATURE_TERMS = ("srp", "feat", "sp", "at")
 TERM_NAMES = {"kd": "output KD", "srp": "relation loss", "feat": "feature KD", "sp": "similarity-preserving KD",
@@ -58,11 +58,9 @@ class KDTerms(nn.Module):
         self.adapters = nn.ModuleDict()
         shapes = self._check(teacher, student)
         if self.weights["feat"] > 0:
-            from ..losses import FeatureAdapter
-
             for tap in self.taps["feat"]:
                 c_t, c_s = shapes[tap][0][1], shapes[tap][1][1]
-                self.adapters[tap] = FeatureAdapter(c_s, c_t)
+                self.adapters[tap] = L.FeatureAdapter(c_s, c_t)
 
     # -- which taps are needed
     def active(self, name: str) -> bool:
@@ -119,16 +117,17 @@ class KDTerms(nn.Module):
         return shapes
 
     def forward(self, s_out: torch.Tensor, s_feats: dict[str, torch.Tensor], t_out: torch.Tensor,
-                t_feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        from .. import losses as L
-
+                t_feats: dict[str, torch.Tensor], t_sq_norms: dict[str, torch.Tensor] | None = None
+                ) -> dict[str, torch.Tensor]:
+        """``t_sq_norms``: the teacher's relation row norms by tap, when known (see :mod:`.teacher`)."""
+        t_sq_norms = t_sq_norms or {}
         out: dict[str, torch.Tensor] = {}
         sfx = self.label
         if self.active("kd"):
             out["kd" + sfx] = self.weights["kd"] * L.output_kd_loss(s_out, t_out)
         if self.active("srp"):
             terms = [L.semantic_relation_loss(t_feats[t], s_feats[t], method=self.srp_method,
-                                              teacher_sq_norms=t_feats.get(t + SQ_NORMS)) for t in self.taps["srp"]]
+                                              teacher_sq_norms=t_sq_norms.get(t)) for t in self.taps["srp"]]
             out["srp" + sfx] = self.weights["srp"] * sum(terms) / len(terms)
         if self.active("feat"):
             terms = [L.feature_kd_loss(self.adapters[t](s_feats[t]), t_feats[t]) for t in self.taps["feat"]]

@@ -9,36 +9,35 @@ the dataset index that :class:`srpkd.train.data.SeededDataset` attaches.
 
 For the taps in ``norm_taps`` (those of the factorized relation loss) the cache
 also keeps the squared row norms of the teacher's relation matrix
-(:func:`srpkd.losses.relation.relation_sq_norms`, H*W float64 per item), returned
-in the features dict under ``tap + SQ_NORMS``: the relation loss then skips the
+(:func:`srpkd.losses.relation.relation_sq_norms`, H*W float64 per item),
+returned as :attr:`TeacherOutput.sq_norms`: the relation loss then skips the
 teacher's C_t x C_t Gram matrix on every step (measured in BENCHMARKS.md).
+
+Teachers are loaded from a spec (``builtin:vintagify``, a checkpoint or a run
+folder) by :func:`srpkd.assets.resolve_teacher`, the one loader that training,
+``srpkd eval`` and ``srpkd report`` share.
 """
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
 from ..errors import SrpkdError
+from ..losses.relation import relation_sq_norms
 
 log = logging.getLogger("srpkd.distill")
 
-SQ_NORMS = ":sq_norms"  # features-dict key suffix of a tap's cached relation row norms
 
+class TeacherOutput(NamedTuple):
+    """The teacher's view of one batch."""
 
-def load_teacher(spec: str) -> nn.Module:
-    """``"builtin:vintagify"`` or a srpkd checkpoint / run folder -> generator (not yet frozen)."""
-    try:
-        from ..assets import resolve_teacher
-    except ImportError as e:
-        if spec.startswith("builtin:") or getattr(e, "name", "") not in ("srpkd.assets", None):
-            raise
-        from ..checkpoint import load_generator
-
-        return load_generator(spec)
-    return resolve_teacher(spec)
+    out: torch.Tensor  # output images
+    feats: dict[str, torch.Tensor]  # features by tap name
+    sq_norms: dict[str, torch.Tensor]  # relation row norms by tap (``norm_taps``), only when read from the cache
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -68,28 +67,25 @@ class Teacher:
         return self.model
 
     @torch.no_grad()
-    def compute(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def compute(self, x: torch.Tensor) -> TeacherOutput:
+        """Run the teacher on ``x`` (no relation norms: the loss computes them from the features)."""
         x = x.to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp == "bf16"):
             out, feats = self.model(x, taps=self.taps)
-        return out.float(), {k: v.float() for k, v in feats.items()}
+        return TeacherOutput(out.float(), {k: v.float() for k, v in feats.items()}, {})
 
     @torch.no_grad()
     def build_cache(self, dataset, chunk: int = 8, desc: str = "teacher cache") -> None:
         """Run the teacher once over every item of a deterministic dataset (index order, fixed chunks)."""
-        from tqdm import tqdm
-
-        from ..losses.relation import relation_sq_norms
-
         n = len(dataset)
         outs: list[torch.Tensor] = []
         feats: dict[str, list[torch.Tensor]] = {k: [] for k in self.taps}
         norms: dict[str, list[torch.Tensor]] = {k: [] for k in self.norm_taps}
         for start in tqdm(range(0, n, chunk), desc=desc, unit="chunk", leave=False, disable=None):
             x = torch.stack([dataset[i]["A"] for i in range(start, min(n, start + chunk))])
-            o, f = self.compute(x)
+            o, f, _ = self.compute(x)
             outs.append(o)
             for k in self.taps:
                 feats[k].append(f[k])
@@ -101,13 +97,13 @@ class Teacher:
         self.cache_mib = sum(t.numel() * t.element_size() for t in self.cache.values()) / 2**20
         log.debug(f"teacher cache: {n} items, {self.cache_mib:.0f} MiB")
 
-    def __call__(self, x: torch.Tensor, index: torch.Tensor | None = None):
+    def __call__(self, x: torch.Tensor, index: torch.Tensor | None = None) -> TeacherOutput:
         """Teacher output and features for a batch; from the cache when it is filled and ``index`` is given."""
         if self.cache is not None and index is not None:
             idx = index.to(self.cache["out"].device)
             feats = {k: self.cache[f"tap.{k}"][idx] for k in self.taps}
-            feats.update({k + SQ_NORMS: self.cache[f"sq_norms.{k}"][idx] for k in self.norm_taps})
-            return self.cache["out"][idx], feats
+            sq_norms = {k: self.cache[f"sq_norms.{k}"][idx] for k in self.norm_taps}
+            return TeacherOutput(self.cache["out"][idx], feats, sq_norms)
         if self.cache is not None and index is None:
             raise SrpkdError("internal: cached teacher called without dataset indices")
         return self.compute(x)

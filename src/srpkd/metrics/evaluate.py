@@ -31,6 +31,8 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from .. import run_folder
+from ..config import check_task_data, task_for_data
 from ..errors import SrpkdError
 from . import image as image_metrics
 from .fid import FeatureCache, content_key, extract_features, fid_from_features, kid_from_features
@@ -243,10 +245,7 @@ def evaluate_generator(
         raise SrpkdError(f"--size must be a positive multiple of {multiple}, got {size}")
     if task == "teacher_only" and teacher is None:
         raise SrpkdError("a teacher_only evaluation needs a teacher (--teacher CKPT or builtin:vintagify)")
-    if task == "unpaired" and mode != "unaligned":
-        raise SrpkdError(f"an unpaired task needs the unaligned data layout (trainA/trainB/testA/testB), not {mode!r}")
-    if task == "paired" and mode != "aligned":
-        raise SrpkdError(f"a paired task needs the aligned data layout (A|B pairs), not {mode!r}")
+    check_task_data(task, mode)
     t0 = time.perf_counter()
     dataset, has_target, ref = _test_data(mode, root, direction, test_split, train_split, size, max_images, task)
     if len(dataset) < 2:
@@ -296,10 +295,10 @@ def evaluate_run(
     if not target.exists():
         raise SrpkdError(f"not found: {target}")
     cfg = None
-    if target.is_dir() and (target / "config.yaml").is_file():
+    if target.is_dir() and (target / run_folder.CONFIG).is_file():
         from ..config import load_config
 
-        cfg = load_config(target / "config.yaml")
+        cfg = load_config(target / run_folder.CONFIG)
     student = load_generator(target)
     mode = mode or (cfg.data.mode if cfg else ("aligned" if data else "builtin"))
     root = data if data is not None else (cfg.data.root if cfg else None)
@@ -313,9 +312,9 @@ def evaluate_run(
     if cfg:
         task = cfg.task
         if data is not None or mode != cfg.data.mode:  # the user points the run at other data
-            task = {"aligned": "paired", "unaligned": "unpaired"}.get(mode, "teacher_only") if cfg.task != "teacher_only" else "teacher_only"
+            task = task_for_data(mode) if cfg.task != "teacher_only" else "teacher_only"
     else:
-        task = {"aligned": "paired", "unaligned": "unpaired"}.get(mode, "teacher_only")
+        task = task_for_data(mode)
     if mode in ("aligned", "unaligned", "single") and not root:
         raise SrpkdError(f"data mode {mode!r} needs a data folder (--data DIR)")
     scorer = scorer or Scorer()
@@ -327,7 +326,7 @@ def evaluate_run(
     directions = {direction: evaluate_generator(
         student, task=task, mode=mode, root=root, direction=direction, test_split=test_split, train_split=train_split,
         size=size, teacher=teacher_model, max_images=max_images, scorer=scorer)}
-    student_b = target / "student_B.safetensors" if target.is_dir() else None
+    student_b = target / run_folder.STUDENT_B if target.is_dir() else None
     if task == "unpaired" and student_b is not None and student_b.is_file():
         teacher_b = cfg.teacher.checkpoint_B if cfg else None
         directions[OTHER[direction]] = evaluate_generator(
@@ -353,7 +352,7 @@ def evaluate_run(
 def default_output(target: str | os.PathLike) -> Path:
     """metrics.json in a run folder, or ``<checkpoint stem>.metrics.json`` beside a checkpoint."""
     target = Path(target)
-    return target / "metrics.json" if target.is_dir() else target.with_name(f"{target.stem}.metrics.json")
+    return target / run_folder.METRICS if target.is_dir() else target.with_name(f"{target.stem}.metrics.json")
 
 
 # ----------------------------------------------------------------------------- folders of images

@@ -12,6 +12,10 @@
   the worker that loads it or on what ran before.
 
 Step ``s`` is batch ``s % batches_per_epoch`` of epoch ``s // batches_per_epoch``.
+
+:func:`run_dataset` builds a run's training or held-out set from the config,
+:func:`check_train_sizes` and :func:`eval_batch` check image sizes against the
+networks before the first step.
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..config import Config
+from ..data.datasets import build_dataset, check_same_size
 from ..errors import SrpkdError
 
 _MIX = 0x9E3779B1
@@ -112,3 +118,60 @@ def iterate(
             for keys in batches:
                 yield epoch, collate([dataset[k] for k in keys])
         epoch += 1
+
+
+# ----------------------------------------------------------------------------- the datasets of a run
+
+
+def run_dataset(cfg: Config, split: str, train: bool) -> Dataset:
+    """The training set (augmented as configured) or a held-out set (no flip, no limit) of ``split``."""
+    d = cfg.data
+    fixed = d.fixed_crops and train and d.mode == "builtin"  # folders: deterministic = fixed preprocess, no flip
+    return build_dataset(
+        mode=d.mode, root=d.root, split=split, direction=d.direction, load_size=d.load_size, crop_size=d.crop_size,
+        preprocess=d.preprocess, flip=d.flip if train else False, serial=d.serial if train else True,
+        max_images=d.max_images if train else None, fixed=fixed,
+    )
+
+
+def is_deterministic(ds: Dataset) -> bool:
+    """Whether an item is the same tensor every time it is drawn (then the teacher cache is sound)."""
+    flag = getattr(ds, "deterministic", None)
+    if flag is None:
+        flag = getattr(getattr(ds, "transform", None), "deterministic", False)
+    return bool(flag)
+
+
+def _output_sizes(ds: Dataset) -> list[tuple[str, tuple[int, int]]]:
+    if hasattr(ds, "sizes") and hasattr(ds, "transform"):
+        return [(str(p), ds.transform.output_size(sz)) for p, sz in ds.sizes()]
+    h, w = ds[0]["A"].shape[-2:]
+    return [("the training images", (int(w), int(h)))]
+
+
+def check_train_sizes(ds: Dataset, batch_size: int, multiple: int, arch: str) -> None:
+    """Batches need one image size; the networks (``arch``) need sizes divisible by ``multiple``."""
+    if batch_size > 1:
+        check_same_size(ds)
+    for path, (w, h) in _output_sizes(ds):
+        if w % multiple or h % multiple:
+            raise SrpkdError(
+                f"{path} gives {w}x{h} training images, but {arch} needs sizes divisible by {multiple} "
+                f"(set --size / data.crop_size to a multiple of {multiple}, or a resizing preprocess)"
+            )
+
+
+def eval_batch(eval_set: SeededDataset, n: int, multiple: int, arch: str) -> dict:
+    """The first ``n`` held-out items of one usable size (divisible by ``multiple``), as one batch."""
+    items: list[dict] = []
+    for i in range(len(eval_set)):
+        item = eval_set[(0, i)]
+        h, w = item["A"].shape[-2:]
+        if h % multiple or w % multiple or (items and item["A"].shape != items[0]["A"].shape):
+            continue
+        items.append(item)
+        if len(items) >= max(1, n):
+            break
+    if not items:
+        raise SrpkdError(f"no held-out image has a size divisible by {multiple} (needed by {arch})")
+    return collate(items)

@@ -27,17 +27,64 @@ Header record (``meta``)::
      "best": {...}, "config": {...resolved config...}}
 
 Nothing is pickled; :func:`srpkd.checkpoint.load_generator` reads the
-generators straight out of this file.
+generators straight out of this file. :func:`save_training_state` writes it
+from a task (:mod:`srpkd.train.tasks`) and the loop's progress,
+:func:`restore_training_state` puts it back.
 """
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..checkpoint import generator_record, load_state_strict, load_tensors, save_tensors
+from ..config import Config, to_dict
 from ..errors import SrpkdError
+from .tasks import Task
+
+
+def save_training_state(path: Path, task: Task, cfg: Config, distill: bool, *, step: int, epoch: int,
+                        scheduler: dict, best: dict | None, elapsed: float) -> None:
+    """Write everything a run needs to continue bit for bit (the table above) to ``path``, atomically."""
+    tensors: dict[str, torch.Tensor] = {}
+    for name, m in task.networks().items():
+        tensors.update(prefixed(m, name + "."))
+    tensors.update(prefixed(task.adapters, "adapters."))
+    opt_meta = {}
+    for name, opt in task.optimizers.items():
+        t, m = flatten_optimizer(opt, name + ".")
+        tensors.update(t)
+        opt_meta[name] = m
+    pool_tensors, pools_meta = pools_state(task.pools)
+    tensors.update(pool_tensors)
+    rt, rm = rng_state()
+    tensors.update(rt)
+    meta = {
+        "format": 1, "kind": "training", "step": step, "epoch": epoch,
+        "generators": {f"{name}.": generator_record(g) for name, g in task.generators().items()},
+        "generator_prefix": "G.", "optimizers": opt_meta, "scheduler": scheduler, "pools": pools_meta, "rng": rm,
+        "best": best, "elapsed": elapsed, "task": cfg.task, "distill": distill, "config": to_dict(cfg),
+    }
+    save_tensors(path, tensors, meta)
+
+
+def restore_training_state(path: Path, task: Task) -> dict[str, Any]:
+    """Load ``path`` into the task's networks, optimisers and pools and into the RNGs; returns the header record."""
+    tensors, meta = load_tensors(path)
+    if meta.get("kind") != "training":
+        raise SrpkdError(f"{path} is not a training checkpoint")
+    for name, m in task.networks().items():
+        load_state_strict(m, take(tensors, name + "."), f"{path} ({name})")
+    if len(task.adapters):
+        load_state_strict(task.adapters, take(tensors, "adapters."), f"{path} (adapters)")
+    for name, opt in task.optimizers.items():
+        unflatten_optimizer(opt, name + ".", tensors, meta["optimizers"][name])
+    load_pools(task.pools, tensors, meta.get("pools", {}))
+    set_rng_state(tensors, meta.get("rng", {}))
+    return meta
 
 # ----------------------------------------------------------------------------- optimizers
 
@@ -67,6 +114,36 @@ def unflatten_optimizer(opt: torch.optim.Optimizer, prefix: str, tensors: dict[s
         opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     except (ValueError, KeyError) as e:
         raise SrpkdError(f"optimizer state in the checkpoint does not fit this run: {e}") from None
+
+
+# ----------------------------------------------------------------------------- image pools
+
+
+def pools_state(pools: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Pool images as ``pool.<name>.images`` (one stacked tensor, or ``.images.<i>`` per image) plus scalars."""
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {}
+    for name, pool in pools.items():
+        sd = pool.state_dict()
+        meta[name] = {k: v for k, v in sd.items() if not isinstance(v, (torch.Tensor, list))}
+        images = sd.get("images")
+        if isinstance(images, torch.Tensor):
+            tensors[f"pool.{name}.images"] = images
+        elif isinstance(images, list):
+            meta[name]["n_images"] = len(images)
+            for i, im in enumerate(images):
+                tensors[f"pool.{name}.images.{i}"] = im
+    return tensors, meta
+
+
+def load_pools(pools: dict, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    for name, pool in pools.items():
+        pm = dict(meta.get(name, {}))
+        if f"pool.{name}.images" in tensors:
+            pm["images"] = tensors[f"pool.{name}.images"]
+        else:
+            pm["images"] = [tensors[f"pool.{name}.images.{i}"] for i in range(pm.pop("n_images", 0))]
+        pool.load_state_dict(pm)
 
 
 # ----------------------------------------------------------------------------- random number generators

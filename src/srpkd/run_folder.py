@@ -1,0 +1,41 @@
+"""The run folder: the names of the files a run holds, defined once for every command that writes or reads them.
+
+::
+
+    runs/<name>/
+        config.yaml                    the resolved config             srpkd train / distill
+        log.jsonl                      one JSON record per logged step and per validation
+        tb/                            TensorBoard events
+        samples.png                    input | teacher | student | target, fixed held-out images
+        student.safetensors            the trained generator (A->B), written when training ends
+        student_B.safetensors          unpaired task, both directions: the B->A generator
+        checkpoints/last.safetensors   the training state to resume from (srpkd.train.state)
+        checkpoints/best.safetensors   the state at the best validation metric
+        checkpoints/step_0000500.safetensors   periodic states, the newest keep_last kept
+        metrics.json                   srpkd eval
+        profile.json                   srpkd profile -o (student); profile_teacher.json for the teacher
+        report.html                    srpkd report
+
+Names are relative to the run folder: ``run_dir / LAST`` is a path.
+"""
+from __future__ import annotations
+
+CONFIG = "config.yaml"
+LOG = "log.jsonl"
+TENSORBOARD = "tb"
+SAMPLES = "samples.png"
+STUDENT = "student.safetensors"
+STUDENT_B = "student_B.safetensors"
+CHECKPOINTS = "checkpoints"
+LAST = f"{CHECKPOINTS}/last.safetensors"
+BEST = f"{CHECKPOINTS}/best.safetensors"
+STEP_GLOB = "step_*.safetensors"  # periodic checkpoints, inside CHECKPOINTS
+METRICS = "metrics.json"
+PROFILE = "profile.json"
+PROFILE_TEACHER = "profile_teacher.json"
+REPORT = "report.html"
+
+
+def step_checkpoint(step: int) -> str:
+    """The periodic checkpoint of ``step``; zero-padded so that names sort by step."""
+    return f"{CHECKPOINTS}/step_{step:07d}.safetensors"
