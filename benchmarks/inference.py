@@ -8,7 +8,7 @@ ONNX export, an ONNX Runtime session with ``ORT_ENABLE_ALL`` and ``--threads``
 intra-op threads, batch 1, one constant input, warm-up first), for
 
 - ``teacher``: the real vintagify teacher (ResNet-9, ngf 64, instance norm with affine);
-- ``student16``: ResNet-9, ngf 16 (pair 2 of METHOD.md);
+- ``student16``: ResNet-9, ngf 16 (pair 2 of docs/method.md, section 1.1);
 - ``mobile16``: the depthwise-separable ResNet-9, ngf 16;
 
 but with the models timed in turns (teacher, student, mobile, teacher, ...) for

@@ -549,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=2000, help="optimisation steps per student run (default 2000)")
     p.add_argument("--teacher-steps", type=int, default=4000, help="paired/unpaired: teacher steps (default 4000)")
     p.add_argument("--teacher-ngf", type=int, default=64,
-                   help="paired/unpaired: width of the trained ResNet teacher (default 64, METHOD.md's pairs)")
+                   help="paired/unpaired: width of the trained ResNet teacher (default 64, docs/method.md's pairs)")
     p.add_argument("--size", type=int, default=128, help="image size in px, train and test (default 128)")
     p.add_argument("--batch", type=int, default=4, help="batch size (default 4)")
     p.add_argument("--ndf", type=int, default=32, help="discriminator width, all runs (default 32)")

@@ -1,6 +1,6 @@
 """Typed configuration: dataclasses, YAML presets and ``--set key=value`` overrides.
 
-Every hyper-parameter of the method (METHOD.md) is a field here. A config is
+Every hyper-parameter of the method (docs/method.md) is a field here. A config is
 built as: defaults <- preset/YAML file <- command-line overrides, then checked
 strictly (unknown keys and wrong types are one clear error). The resolved
 config is saved in every run folder as ``config.yaml``.
