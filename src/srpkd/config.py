@@ -39,6 +39,9 @@ def check_task_data(task: str, mode: str) -> None:
         raise SrpkdError(f"task {task} needs data.mode {need} ({what}), got {mode}")
 
 
+SCHEDULES = ("linear", "cosine")  # learning-rate policies (srpkd.train.schedule)
+
+
 @dataclass
 class GeneratorConfig:
     arch: str = "resnet_9blocks"
@@ -70,6 +73,7 @@ class DataConfig:
     direction: str = "AtoB"
     train_split: str = "train"
     test_split: str = "test"
+    val_split: str | None = None  # chooses the best checkpoint, kept as the student; the figures stay on test_split
     load_size: int = 143
     crop_size: int = 128
     preprocess: str = "resize_and_crop"  # resize_and_crop | crop | scale_width | scale_width_and_crop | resize | none
@@ -84,6 +88,7 @@ class DataConfig:
 class LossConfig:
     gan_mode: str = "lsgan"  # lsgan | vanilla | hinge
     gan: float = 1.0
+    gan_start: float = 0.0  # KD-only warm-up: the GAN term (and D's update) starts after this fraction of the steps
     l1: float = 100.0  # pix2pix: L1 to the ground truth
     cycle: float = 10.0  # CycleGAN cycle consistency
     identity: float = 0.5  # CycleGAN identity, as a fraction of the cycle weight
@@ -108,7 +113,10 @@ class OptimConfig:
     batch_size: int = 1
     steps: int = 0  # total optimisation steps (0: use epochs)
     epochs: int = 0  # total epochs (used when steps is 0)
-    decay_fraction: float = 0.5  # constant lr, then linear decay to 0 over this last fraction
+    decay_fraction: float = 0.5  # schedule linear: constant lr, then linear decay to 0 over this last fraction
+    schedule: str = "linear"  # linear (pix2pix/CycleGAN) | cosine (warm-up, then half cosine to 0)
+    warmup: float = 0.0  # fraction of the steps with a linear lr warm-up
+    time: float = 0.0  # seconds of run time to train for (srpkd distill --time 10m); the steps are planned from it
 
 
 @dataclass
@@ -303,7 +311,13 @@ def validate(cfg: Config) -> None:
         need(getattr(cfg.data, name) > 0, f"data.{name} must be positive, got {getattr(cfg.data, name)}")
     need(cfg.optim.batch_size > 0, f"optim.batch_size must be positive, got {cfg.optim.batch_size}")
     need(cfg.optim.steps >= 0 and cfg.optim.epochs >= 0, "optim.steps and optim.epochs must not be negative")
-    need(cfg.optim.steps > 0 or cfg.optim.epochs > 0, "set optim.steps or optim.epochs to a positive number")
+    need(cfg.optim.steps > 0 or cfg.optim.epochs > 0 or cfg.optim.time > 0,
+         "set optim.steps, optim.epochs or optim.time to a positive number")
+    need(cfg.optim.time >= 0, "optim.time must not be negative")
+    need(cfg.optim.schedule in SCHEDULES, f"optim.schedule must be one of {', '.join(SCHEDULES)}, "
+                                         f"got {cfg.optim.schedule!r}")
+    for name, value in (("optim.warmup", cfg.optim.warmup), ("loss.gan_start", cfg.loss.gan_start)):
+        need(0.0 <= value < 1.0, f"{name} must be in [0, 1), got {value}")
     need(cfg.optim.lr > 0, f"optim.lr must be positive, got {cfg.optim.lr}")
     for name in ("beta1", "beta2"):
         need(0.0 <= getattr(cfg.optim, name) < 1.0, f"optim.{name} must be in [0, 1), got {getattr(cfg.optim, name)}")

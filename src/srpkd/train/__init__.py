@@ -11,7 +11,8 @@ state.py       the checkpoint: what it holds, saving and restoring it
 data.py        reproducible data order and augmentation; the run's datasets
 validation.py  held-out metrics and the sample grid
 runlog.py      log.jsonl, TensorBoard and the progress bar
-schedule.py    the learning-rate schedule
+schedule.py    the learning-rate schedules (linear, cosine with warm-up)
+budget.py      a time budget: the steps planned from the measured step time
 dist.py        multi-process helpers (torchrun)
 ============== ==================================================================
 """

@@ -107,6 +107,15 @@ def all_reduce_grads(params) -> None:
         offset += n
 
 
+def broadcast_int(value: int, device: torch.device, src: int = 0) -> int:
+    """Rank ``src``'s ``value`` on every rank."""
+    if not is_dist():
+        return value
+    t = torch.tensor([value], dtype=torch.long, device=device)
+    dist.broadcast(t, src)
+    return int(t.item())
+
+
 def any_flag(flag: bool, device: torch.device) -> bool:
     """True on every rank when ``flag`` is true on any rank."""
     if not is_dist():

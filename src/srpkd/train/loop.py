@@ -32,12 +32,16 @@ from . import dist
 from .data import (SeededDataset, batches_per_epoch, check_train_sizes, eval_batch, is_deterministic, iterate,
                    run_dataset)
 from .runlog import RunLog, make_run_dir, truncate_log
-from .schedule import LinearDecay
-from .state import restore_training_state, save_training_state
+from .budget import TimeBudget
+from .schedule import Schedule
+from .state import restore_generators, restore_training_state, save_training_state
 from .tasks import build_task, check_task
-from .validation import METRICS, Validation, save_grid
+from .validation import Validation, save_grid
 
 log = logging.getLogger("srpkd.train")
+
+INITIAL_PLAN = 1000  # steps planned before a time budget has timed any (optim.time with optim.steps 0)
+REPLAN_EVERY = 10  # steps between the time budget's plans
 
 
 class NonFiniteLoss(SrpkdError):
@@ -94,14 +98,20 @@ class Trainer:
         check_task(cfg, distill)
         self._build_data()
         self.task = build_task(cfg, self.device, distill)
-        self.eval_batch = self._check_sizes()
-        self.validation = Validation(self.task, self.eval_batch)
-        self.sched = LinearDecay(cfg.optim.lr, self.total_steps, cfg.optim.decay_fraction)
+        self.eval_batch, val_batch = self._check_sizes()
+        # the best checkpoint is chosen on data.val_split when there is one, and the run's figures are then
+        # reported on the test split (self.test); without one, both are the test split, as before
+        self.validation = Validation(self.task, val_batch if val_batch is not None else self.eval_batch)
+        self.test = Validation(self.task, self.eval_batch, prefix="test/") if val_batch is not None else None
+        o = cfg.optim
+        self.budget = TimeBudget(o.time) if o.time else None
+        self.sched = Schedule(o.lr, self.total_steps, o.decay_fraction, o.schedule, o.warmup)
         seed_everything(cfg.seed + 1000 * self.rank)  # per-rank stream for dropout / pools
         self.runlog = RunLog(self.run_dir, active=self.main)
         self.step = 0
         self.best: dict[str, Any] | None = None
         self.last_eval: dict[str, float] | None = None
+        self.final_eval: dict[str, float] | None = None  # the finished run's held-out figures (test split)
         self.elapsed_before = 0.0
         if resume:
             self._restore(self.run_dir / run_folder.LAST)
@@ -120,7 +130,11 @@ class Trainer:
         self.data = SeededDataset(self.train_set, cfg.seed)
         self.deterministic_data = is_deterministic(self.train_set)
         self.bpe = batches_per_epoch(len(self.data), cfg.optim.batch_size, self.world)
-        self.total_steps = cfg.optim.steps or cfg.optim.epochs * self.bpe
+        # with a time budget (optim.time) this is only the first plan, re-planned from the measured step time
+        self.total_steps = cfg.optim.steps or cfg.optim.epochs * self.bpe or INITIAL_PLAN
+        self.val_set = None
+        if cfg.data.val_split:
+            self.val_set = SeededDataset(run_dataset(cfg, cfg.data.val_split, train=False), cfg.seed)
         try:
             test_set = run_dataset(cfg, cfg.data.test_split, train=False)
         except SrpkdError as e:
@@ -128,8 +142,8 @@ class Trainer:
             test_set = run_dataset(cfg, cfg.data.train_split, train=False)
         self.eval_set = SeededDataset(test_set, cfg.seed)
 
-    def _check_sizes(self) -> dict:
-        """Check the training images against the networks' size multiple; returns the held-out batch."""
+    def _check_sizes(self) -> tuple[dict, dict | None]:
+        """Check the training images against the networks' size multiple; returns the test and val batches."""
         nets = [self.G] + [d.teacher.generator for d in self.task.directions if d.teacher is not None]
         multiple = 1
         for m in nets:
@@ -137,7 +151,8 @@ class Trainer:
             multiple = multiple * k // math.gcd(multiple, k)
         arch = " and ".join(dict.fromkeys(getattr(m, "arch", "?") for m in nets))
         check_train_sizes(self.train_set, self.cfg.optim.batch_size, multiple, arch)
-        return eval_batch(self.eval_set, self.cfg.eval_images, multiple, arch)
+        val = eval_batch(self.val_set, self.cfg.eval_images, multiple, arch) if self.val_set is not None else None
+        return eval_batch(self.eval_set, self.cfg.eval_images, multiple, arch), val
 
     # ------------------------------------------------------------------ one step
     def train_step(self, batch: dict, step: int) -> dict[str, float]:
@@ -180,8 +195,7 @@ class Trainer:
         self.runlog.write_validation(self.step, epoch, self.elapsed(), ev)
         self.last_eval = ev
         if metric is not None and (self.best is None or metric < self.best["value"]):
-            name = next(k for k in METRICS if k in ev)
-            self.best = {"metric": name, "value": metric, "step": self.step}
+            self.best = {"metric": self.validation.metric_name(ev), "value": metric, "step": self.step}
             self.save(self.run_dir / run_folder.BEST)
 
     def save(self, path: Path) -> None:
@@ -260,8 +274,10 @@ class Trainer:
         while self.step < self.total_steps:
             epoch, batch = next(it)
             lr = self.sched.apply(list(self.task.optimizers.values()), self.step)
+            self.task.gan_on = self.step >= cfg.loss.gan_start * self.total_steps
             self.runlog.add(self.train_step(batch, self.step))
             self.step += 1
+            self._replan()
             self._check_time_limit()
             if self.main:
                 self._after_step(epoch, lr)
@@ -270,6 +286,17 @@ class Trainer:
                     self.stop_signal = signal.SIGTERM
                 return "stopped"
         return "done"
+
+    def _replan(self) -> None:
+        """With a time budget, every REPLAN_EVERY steps: plan the total from the measured time per step."""
+        if self.budget is None or self.step % REPLAN_EVERY:
+            return
+        total = self.budget.plan(self.step, self.elapsed(), self.total_steps) if self.main else 0
+        total = dist.broadcast_int(total, self.device)
+        if total != self.total_steps:
+            self.total_steps = total
+            self.sched.set_total(total)
+            self.runlog.set_total(total)
 
     def _check_time_limit(self) -> None:
         """End training early, normally, at 90% of time_limit: the rest is for the final evaluation and saves."""
@@ -301,15 +328,29 @@ class Trainer:
             self.save(self.run_dir / run_folder.LAST)
 
     def _finish(self, status: str, start: int) -> None:
-        """Rank 0: the final validation and checkpoint; when done, the students and the samples."""
+        """Rank 0: the final validation and checkpoint; when done, the students (the best by the val split,
+        if the run has one) and their held-out figures, and the samples."""
         if status == "done" and self.total_steps > start:
             self._validate(self.step // self.bpe)
         self.save(self.run_dir / run_folder.LAST)
         if status == "done":
+            if self.test is not None:
+                self._keep_best()
+                self.final_eval = self.test.evaluate()
+                self.final_eval.pop("metric", None)
+                self.runlog.write_validation(self.step, self.step // self.bpe, self.elapsed(), self.final_eval)
             for d in self.task.directions:
                 name = run_folder.STUDENT if d.name == "A" else run_folder.STUDENT_B
                 save_generator(d.G, self.run_dir / name, run=self.run_dir.name, step=self.step)
             self.write_samples()
+
+    def _keep_best(self) -> None:
+        """Load the best checkpoint's generators (chosen on the val split) as the run's students."""
+        best = self.run_dir / run_folder.BEST
+        if self.best is None or self.best["step"] == self.step or not best.is_file():
+            return
+        restore_generators(best, self.task)
+        log.info(f"srpkd: the student is the best checkpoint by {self.best['metric']} (step {self.best['step']})")
 
     def _install_signals(self) -> dict:
         """SIGINT / SIGTERM: finish the step, save and stop; a second signal stops at once."""

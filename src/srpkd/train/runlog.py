@@ -52,6 +52,12 @@ class RunLog:
             self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=None)
         self.t_last = time.time()
 
+    def set_total(self, total: int) -> None:
+        """A re-planned number of steps (time budget)."""
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.refresh()
+
     def add(self, losses: dict[str, float]) -> None:
         """One step's losses (averaged into the next record)."""
         if not self.active:

@@ -86,6 +86,12 @@ def restore_training_state(path: Path, task: Task) -> dict[str, Any]:
     set_rng_state(tensors, meta.get("rng", {}))
     return meta
 
+def restore_generators(path: Path, task: Task) -> None:
+    """Load only the generators of the training checkpoint ``path`` (the best one, as the run's students)."""
+    tensors, _ = load_tensors(path)
+    for name, G in task.generators().items():
+        load_state_strict(G, take(tensors, name + "."), f"{path} ({name})")
+
 # ----------------------------------------------------------------------------- optimizers
 
 

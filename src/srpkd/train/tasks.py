@@ -64,6 +64,7 @@ class Task:
     def __init__(self, cfg: Config, device: torch.device, distill: bool) -> None:
         self.cfg, self.device = cfg, device
         self.use_gan = cfg.loss.gan > 0
+        self.gan_on = True  # the loop turns the GAN term off during a KD-only warm-up (loss.gan_start)
         self.directions = self._build_directions(distill)
         self.student = self.directions[0]
         self.adapters = nn.ModuleDict(
@@ -129,6 +130,11 @@ class Task:
     def pools(self) -> dict[str, ImagePool]:
         return {}
 
+    @property
+    def gan_active(self) -> bool:
+        """This step has a GAN term (and a discriminator update)."""
+        return self.use_gan and self.gan_on
+
     # -- helpers of a step
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16")
@@ -161,7 +167,7 @@ class Pix2PixTask(Task):
         with self.autocast():
             s_out, s_feats = d.generate(x)
             lg: dict[str, torch.Tensor] = {}
-            if self.use_gan:
+            if self.gan_active:
                 pred = d.fD(torch.cat([x, s_out], 1))
                 lg["G_gan"] = lw.gan * self.gan_loss(pred, True, for_discriminator=False)
             if y is not None and lw.l1 > 0:
@@ -169,7 +175,7 @@ class Pix2PixTask(Task):
             lg.update(d.kd_losses(s_out, s_feats, t))
         backward(lg, self.optG, self.g_params)
         ld: dict[str, torch.Tensor] = {}
-        if self.use_gan:
+        if self.gan_active:
             set_requires_grad([d.D], True)
             real = y if y is not None else t.out
             with self.autocast():
@@ -223,7 +229,7 @@ class CycleGANTask(Task):
             fakes, lg = self._generator_losses(real_A, real_B, batch)
         backward(lg, self.optG, self.g_params)
         ld: dict[str, torch.Tensor] = {}
-        if self.use_gan:
+        if self.gan_active:
             set_requires_grad(discriminators, True)
             with self.autocast():
                 for d, real, fake in zip(self.directions, (real_B, real_A), fakes):
@@ -248,7 +254,7 @@ class CycleGANTask(Task):
             lg["idt_A"] = idt * _l1(A.fG(real_B), real_B)
             if B is not None:
                 lg["idt_B"] = idt * _l1(B.fG(real_A), real_A)
-        if self.use_gan:
+        if self.gan_active:
             for d, fake in zip(self.directions, fakes):
                 lg[f"G_gan{d.suffix}"] = lw.gan * self.gan_loss(d.fD(fake), True, for_discriminator=False)
         for d, real, (fake, feats) in zip(self.directions, (real_A, real_B), outs):

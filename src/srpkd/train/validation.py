@@ -1,6 +1,7 @@
 """What the loop measures on fixed held-out images: validation metrics (for the best checkpoint) and the sample grid.
 
-* with a teacher: student-to-teacher L1 and PSNR (the metric the best checkpoint is chosen by);
+* with a teacher: student-to-teacher L1 and PSNR (the metric the best checkpoint is chosen by), and the
+  same figures for a copy of the input (the baseline a student must beat: ``copy_*``);
 * paired task: L1 and PSNR to the ground truth B;
 * unpaired, both directions: cycle L1 of A -> B -> A.
 """
@@ -17,15 +18,20 @@ from ..checkpoint import atomic_path
 from ..metrics.image import psnr
 from .tasks import Task
 
-METRICS = ("val/l1_to_teacher", "val/l1_to_target", "val/cycle_l1")  # the best checkpoint's metric: first present
+METRICS = ("l1_to_teacher", "l1_to_target", "cycle_l1")  # the best checkpoint's metric: first present
 
 
 class Validation:
-    """Fixed held-out images (``batch``, on the CPU) and the task whose networks are measured on them."""
+    """Fixed held-out images (``batch``, on the CPU) and the task whose networks are measured on them.
 
-    def __init__(self, task: Task, batch: dict) -> None:
+    Metric names start with ``prefix``: ``val/`` for the split that chooses the best checkpoint,
+    ``test/`` for the held-out split a run's figures are reported on when the two differ.
+    """
+
+    def __init__(self, task: Task, batch: dict, prefix: str = "val/") -> None:
         self.task = task
         self.batch = batch
+        self.prefix = prefix
         self._teacher_images: torch.Tensor | None = None
 
     @torch.no_grad()
@@ -55,25 +61,32 @@ class Validation:
         return self.batch["B"] if self.task.has_targets and "B" in self.batch else None
 
     def evaluate(self) -> dict[str, float]:
-        """``val/...`` metrics, plus ``metric``: the value of the first of :data:`METRICS` present."""
+        """``prefix``-named metrics, plus ``metric``: the value of the first of :data:`METRICS` present."""
         xa = self.batch["A"]
         s = self.translate(self.task.student.G, xa)
         out: dict[str, float] = {}
         t = self.teacher_images()
         if t is not None:
-            out["val/l1_to_teacher"] = float((s - t).abs().mean())
-            out["val/psnr_to_teacher"] = float(psnr(s, t))
+            out["l1_to_teacher"] = float((s - t).abs().mean())
+            out["psnr_to_teacher"] = float(psnr(s, t))
+            out["copy_l1_to_teacher"] = float((xa - t).abs().mean())
+            out["copy_psnr_to_teacher"] = float(psnr(xa, t))
         y = self._targets()
         if y is not None:
-            out["val/l1_to_target"] = float((s - y).abs().mean())
-            out["val/psnr_to_target"] = float(psnr(s, y))
+            out["l1_to_target"] = float((s - y).abs().mean())
+            out["psnr_to_target"] = float(psnr(s, y))
         if len(self.task.directions) > 1:
             rec = self.translate(self.task.directions[1].G, s)
-            out["val/cycle_l1"] = float((rec - xa).abs().mean())
+            out["cycle_l1"] = float((rec - xa).abs().mean())
         metric = next((k for k in METRICS if k in out), None)
+        named = {self.prefix + k: v for k, v in out.items()}
         if metric is not None:
-            out["metric"] = out[metric]
-        return out
+            named["metric"] = out[metric]
+        return named
+
+    def metric_name(self, ev: dict[str, float]) -> str:
+        """The name (with prefix) of the metric ``evaluate`` put in ``ev["metric"]``."""
+        return next(self.prefix + k for k in METRICS if self.prefix + k in ev)
 
     def samples(self, n: int = 4) -> torch.Tensor:
         """Grid rows: input | teacher | student | target, on the first ``n`` held-out images; in [0, 1]."""

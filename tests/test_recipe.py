@@ -1,0 +1,149 @@
+"""The training recipe's settings: lr schedules, a time budget (--time), KD-only warm-up, best-by-validation."""
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+
+from srpkd.checkpoint import load_generator, load_tensors
+from srpkd.cli.main import main
+from srpkd.errors import SrpkdError
+from srpkd.train.budget import TimeBudget, parse_duration
+from srpkd.train.schedule import Schedule
+from train_helpers import TINY, read_log, tiny_teacher
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    s = Schedule(1.0, total=100, policy="cosine", warmup=0.1)
+    lrs = [s.lr(i) for i in range(100)]
+    assert lrs[:10] == pytest.approx([(i + 1) / 10 for i in range(10)])  # linear ramp to the peak
+    assert lrs[10] == pytest.approx(1.0)
+    assert lrs[55] == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 90)))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 1e-3
+
+
+def test_linear_schedule_is_pix2pix_policy_and_warmup_ramps_it():
+    plain = Schedule(2.0, total=10, decay_fraction=0.5)
+    assert [plain.factor(i) for i in range(10)] == pytest.approx([1, 1, 1, 1, 1, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])
+    warm = Schedule(2.0, total=10, decay_fraction=0.5, warmup=0.2)
+    assert [warm.factor(i) for i in range(3)] == pytest.approx([0.5, 1.0, 1.0])
+    warm.set_total(20)  # a re-planned total moves the decay
+    assert warm.const == 10 and warm.warmup_steps == 4 and warm.factor(9) == 1.0
+
+
+# ----------------------------------------------------------------------------- time budget
+
+
+@pytest.mark.parametrize("text,seconds", [("90", 90), ("90s", 90), ("10m", 600), ("1.5h", 5400), (" 2min ", 120),
+                                          ("1e1s", 10)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "10x", "-5m", "0", "nan", "inf", "1e999"])
+def test_parse_duration_refuses(text):
+    with pytest.raises(SrpkdError, match="bad duration"):
+        parse_duration(text)
+
+
+def test_time_budget_plans_from_the_measured_step_time():
+    b = TimeBudget(100.0)
+    assert b.plan(10, 20.0, 1000) == 1000  # the first plan only starts the clock
+    # 10 more steps took 5 s: 0.5 s a step, 75 s left -> 150 more steps
+    assert b.plan(20, 25.0, 1000) == 20 + 150
+    assert b.plan(30, 40.0, 170) == 30 + int(60 / (20 / 20))  # slower now: the mean since the start of timing
+    assert b.plan(40, 100.0, 90) == 40  # spent: stop here
+
+
+def test_time_flag_trains_for_the_given_time(tmp_path, capsys):
+    """--time 4s: the steps are planned from the measured step time, and the cosine decay ends with the budget."""
+    teacher = tiny_teacher(tmp_path / "t.safetensors")
+    t0 = time.time()
+    assert main(["distill", "--teacher", str(teacher), "--size", "32", "--batch-size", "2", "--time", "4s",
+                 "--name", "b", "--out-dir", str(tmp_path), "--set", "data.max_images=4",
+                 "--set", "optim.schedule=cosine", "--set", "optim.warmup=0.05", "--set", "log_every=5", *TINY]) == 0
+    wall = time.time() - t0
+    log = [r for r in read_log(tmp_path / "b") if "lr" in r]
+    steps = log[-1]["step"]
+    assert steps > 20  # far beyond the first plan's warm-up: it was re-planned from real step times
+    assert 3.5 <= log[-1]["time"] < 4.0 + 3.0 and wall < 30  # ends within a re-plan (10 steps) of the budget
+    assert log[-1]["lr"] < 0.05 * max(r["lr"] for r in log)  # decayed to ~0 at the end of the budget
+    out = capsys.readouterr().out
+    assert f"finished {steps} steps" in out
+
+
+def test_time_budget_resumes_with_the_time_already_spent(tmp_path, monkeypatch):
+    """A stopped --time run, resumed, trains only for what is left of its budget."""
+    import os
+    import signal
+
+    from srpkd.train.loop import Trainer
+
+    teacher = tiny_teacher(tmp_path / "t.safetensors")
+    real = Trainer.train_step
+
+    def step(self, batch, i):
+        out = real(self, batch, i)
+        if i == 30 and not self.resume:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+    args = ["--teacher", str(teacher), "--size", "32", "--batch-size", "2", "--time", "5s", "--out-dir", str(tmp_path),
+            "--set", "data.max_images=4", *TINY]
+    assert main(["distill", "--name", "r", *args]) == 128 + signal.SIGTERM
+    _, meta = load_tensors(tmp_path / "r" / "checkpoints" / "last.safetensors")
+    spent = meta["elapsed"]
+    assert meta["step"] == 31 and 0 < spent < 5
+    t0 = time.time()
+    assert main(["distill", "--resume", str(tmp_path / "r"), "--quiet"]) == 0
+    resumed_for = time.time() - t0
+    last = [r for r in read_log(tmp_path / "r") if "lr" in r][-1]
+    assert last["step"] > 31 and 4.5 <= last["time"] < 8.0  # the budget counts the first process too
+    assert resumed_for < 5.0 - spent + 10.0  # not a fresh 5 s budget on top of set-up
+
+
+def test_time_option_must_be_a_duration(capsys):
+    assert main(["distill", "--time", "soon"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad duration 'soon'" in err[0]
+
+
+# ----------------------------------------------------------------------------- KD-only warm-up and best checkpoint
+
+
+def test_gan_starts_after_the_kd_only_warm_up(tmp_path):
+    teacher = tiny_teacher(tmp_path / "t.safetensors")
+    assert main(["distill", "--teacher", str(teacher), "--size", "32", "--steps", "8", "--batch-size", "2",
+                 "--name", "g", "--out-dir", str(tmp_path), "--set", "data.max_images=4",
+                 "--set", "loss.gan_start=0.5", *TINY]) == 0
+    steps = {r["step"]: r for r in read_log(tmp_path / "g") if "lr" in r}
+    assert all("loss/G_gan" not in steps[s] and "loss/D_real" not in steps[s] for s in range(1, 5))
+    assert all({"loss/G_gan", "loss/D_real", "loss/kd"} <= set(steps[s]) for s in range(5, 9))
+
+
+def test_best_checkpoint_by_val_split_is_the_student_and_figures_are_on_test(tmp_path, capsys):
+    teacher = tiny_teacher(tmp_path / "t.safetensors")
+    assert main(["distill", "--teacher", str(teacher), "--size", "32", "--steps", "12", "--batch-size", "2",
+                 "--name", "v", "--out-dir", str(tmp_path), "--set", "data.max_images=4",
+                 "--set", "data.val_split=val", "--set", "eval_every=3", "--set", "optim.lr=0.02", *TINY]) == 0
+    run = tmp_path / "v"
+    log = read_log(run)
+    vals = {r["step"]: r["val/l1_to_teacher"] for r in log if "val/l1_to_teacher" in r}
+    assert sorted(vals) == [3, 6, 9, 12]
+    best_step = min(vals, key=vals.get)
+    best_tensors, best_meta = load_tensors(run / "checkpoints" / "best.safetensors")
+    assert best_meta["step"] == best_step
+    student = load_generator(run / "student.safetensors")
+    for k, v in student.state_dict().items():
+        assert torch.equal(v, best_tensors["G." + k]), k
+    test = [r for r in log if "test/psnr_to_teacher" in r]
+    assert len(test) == 1 and {"test/copy_psnr_to_teacher", "test/l1_to_teacher"} <= set(test[0])
+    out = capsys.readouterr().out
+    assert f"on 2 held-out images: PSNR {test[0]['test/psnr_to_teacher']:.2f} dB" in out
+    assert f"copy of the input: {test[0]['test/copy_psnr_to_teacher']:.2f} dB" in out
