@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SrpkdError
+from .files import atomic_path
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
@@ -327,19 +328,9 @@ def render_comparison(infos: list[dict]) -> str:
 
 
 def _write(path: Path, text: str) -> Path:
-    from .checkpoint import atomic_path
-
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        _readable(tmp)
     return path
-
-
-def _readable(path: Path) -> None:
-    """Temporary files are created 0600; give the final file the usual umask permissions."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:

@@ -37,7 +37,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..errors import SrpkdError
-    from ..metrics.evaluate import Scorer, default_output, evaluate_run, resolve_device, score_folders, write_json_atomic
+    from ..metrics.evaluate import Scorer, default_output, evaluate_run, resolve_device, score_folders
+    from ..files import write_json
     from ..metrics.fid import FeatureCache
 
     if args.batch <= 0:
@@ -66,7 +67,7 @@ def run(args) -> int:
                               size=args.size, max_images=args.max_images, scorer=scorer)
         out = args.out or default_output(args.target)
     if out:
-        path = write_json_atomic(out, result)
+        path = write_json(out, result)
         result_path = str(path)
     else:
         result_path = None

@@ -28,7 +28,8 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..checkpoint import load_generator
     from ..errors import SrpkdError
-    from ..metrics.evaluate import resolve_device, write_json_atomic
+    from ..files import write_json
+    from ..metrics.evaluate import resolve_device
     from ..metrics.latency import profile_model
     from ..models import create_generator
 
@@ -46,7 +47,7 @@ def run(args) -> int:
     result = profile_model(model, size=args.size, runtimes=runtimes, device=resolve_device(args.device), threads=args.threads,
                            warmup=args.warmup, runs=args.runs, source=source)
     if args.out:
-        write_json_atomic(args.out, result)
+        write_json(args.out, result)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

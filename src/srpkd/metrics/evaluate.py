@@ -20,7 +20,6 @@ Inception resize. Features of real sets are cached by content hash.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -63,18 +62,6 @@ def _progress(iterable, desc: str, enabled: bool, total: int | None = None):
 
 def _finite(x: float) -> float | None:
     return x if isinstance(x, (int, float)) and math.isfinite(x) else None
-
-
-def write_json_atomic(path: str | os.PathLike, data: dict) -> Path:
-    from ..checkpoint import atomic_path
-
-    path = Path(path)
-    from ..report import _readable
-
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        _readable(tmp)
-    return path
 
 
 @dataclass

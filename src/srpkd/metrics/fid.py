@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from ..data.images import to_255
 from ..errors import SrpkdError
+from ..files import atomic_path
 
 KID_SUBSETS = 100
 KID_MAX_SUBSET = 1000
@@ -136,8 +138,6 @@ class FeatureCache:
         path = self.path(key)
         if not path.is_file():
             return None
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path))["features"]
         except Exception:  # a damaged cache entry is recomputed, never fatal
@@ -146,10 +146,6 @@ class FeatureCache:
     def put(self, key: str, feats: torch.Tensor, info: dict | None = None) -> None:
         if not self.enabled:
             return
-        from safetensors.torch import save_file
-
-        from ..checkpoint import atomic_path
-
         try:
             with atomic_path(self.path(key)) as tmp:
                 save_file({"features": feats.float().contiguous()}, str(tmp), metadata={"info": json.dumps(info or {})})
