@@ -67,6 +67,8 @@ def format_table(r: dict) -> str:
     for name, t in r["runtimes"].items():
         if t.get("ok"):
             extra = f"   peak {t['peak_memory_mb']:.0f} MiB" if "peak_memory_mb" in t else ""
+            if "export" in t:
+                extra += f"   (the srpkd export, matches PyTorch to {t['export']['max_abs_diff']:.0e})"
             lines.append(f"  {name:<9}{t['median_ms']:>11.2f}{t['p90_ms']:>10.2f}{t['min_ms']:>10.2f}{extra}")
         else:
             lines.append(f"  {name:<9}  failed: {t['error']}")
