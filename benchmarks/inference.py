@@ -37,9 +37,11 @@ import time
 
 import torch
 
+from srpkd import SrpkdError
 from srpkd.assets import resolve_teacher
+from srpkd.devices import device_name, resolve_device
 from srpkd.export.onnx import build_onnx
-from srpkd.metrics.latency import device_name, runtime_versions
+from srpkd.metrics.latency import runtime_versions
 from srpkd.models import count_macs, count_params, create_generator
 from srpkd.runtime import onnx_session
 
@@ -129,11 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     args.ort_spin = args.ort_spin == "on"
     if args.quick:
         args.size, args.warmup, args.runs, args.rounds = 64, 0, 1, 1
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("inference.py: error: --device cuda but CUDA is not available", file=sys.stderr)
+    try:
+        device = resolve_device(args.device)
+    except SrpkdError as e:
+        print(f"inference.py: error: {e}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
     load_before = os.getloadavg()
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     runtimes = [r.strip() for r in args.runtime.split(",") if r.strip()]

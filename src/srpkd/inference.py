@@ -20,6 +20,7 @@ from PIL import Image
 
 from .checkpoint import load_generator
 from .data.images import to_image, to_rgb, to_tensor
+from .devices import resolve_device
 from .errors import SrpkdError
 from .export.onnx import to_verified_onnx
 from .runtime import OnnxRunner, Runner, TorchRunner, TorchScriptRunner
@@ -32,7 +33,7 @@ def load_runner(
     model: nn.Module | Runner | str | os.PathLike,
     runtime: str | None = None,
     threads: int | None = None,
-    device: str | None = None,
+    device: str | torch.device | None = None,
 ) -> Runner:
     """A runner for a module, a checkpoint / run folder, an ``.onnx`` or a ``.torchscript`` file.
 
@@ -45,6 +46,8 @@ def load_runner(
     """
     if runtime not in (None, "torch", "onnx"):
         raise SrpkdError(f"unknown runtime {runtime!r}; choose torch or onnx")
+    if device is not None:
+        device = resolve_device(device)
     if isinstance(model, Runner):
         if runtime and model.runtime != runtime and not (runtime == "torch" and model.runtime == "torchscript"):
             raise SrpkdError(f"this model already runs on {model.runtime}, not {runtime}")

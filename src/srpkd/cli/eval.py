@@ -37,7 +37,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..errors import SrpkdError
-    from ..metrics.evaluate import Scorer, default_output, evaluate_run, resolve_device, score_folders
+    from ..devices import resolve_device
+    from ..metrics.evaluate import Scorer, default_output, evaluate_run, score_folders
     from ..files import write_json
     from ..metrics.fid import FeatureCache
 

@@ -29,7 +29,6 @@ def run(args) -> int:
     from ..checkpoint import load_generator
     from ..errors import SrpkdError
     from ..files import write_json
-    from ..metrics.evaluate import resolve_device
     from ..metrics.latency import profile_model
     from ..models import create_generator
 
@@ -44,7 +43,7 @@ def run(args) -> int:
     else:
         raise SrpkdError("give a checkpoint or --arch NAME (srpkd info --list shows the names)")
     runtimes = [r.strip() for r in args.runtime.split(",") if r.strip()]
-    result = profile_model(model, size=args.size, runtimes=runtimes, device=resolve_device(args.device), threads=args.threads,
+    result = profile_model(model, size=args.size, runtimes=runtimes, device=args.device, threads=args.threads,
                            warmup=args.warmup, runs=args.runs, source=source)
     if args.out:
         write_json(args.out, result)

@@ -160,6 +160,7 @@ def run(args) -> int:
     import torch
     from tqdm import tqdm
 
+    from ..devices import resolve_device
     from ..errors import SrpkdError
     from ..inference import load_runner
 
@@ -169,20 +170,14 @@ def run(args) -> int:
         raise SrpkdError(f"--size must be positive, got {args.size[0]}x{args.size[1]}")
     if args.threads is not None and args.threads < 1:
         raise SrpkdError(f"--threads must be at least 1, got {args.threads}")
-    if args.device:
-        try:
-            device = torch.device(args.device)
-        except RuntimeError:
-            raise SrpkdError(f"unknown --device {args.device!r}; e.g. cpu, cuda, cuda:1") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise SrpkdError(f"--device {args.device}: no CUDA GPU is available")
+    device = resolve_device(args.device) if args.device else None
     jobs = plan(Path(args.input), Path(args.output), args.ext)
     if not args.overwrite:
         refuse_existing(jobs)
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    runner = load_runner(args.model, args.runtime, args.threads, args.device)
+    runner = load_runner(args.model, args.runtime, args.threads, device)
     fixed = runner.fixed_shape
     if fixed is not None and args.size != tuple(fixed[2:]):
         raise SrpkdError(

@@ -41,17 +41,6 @@ OTHER = {"AtoB": "BtoA", "BtoA": "AtoB"}
 # ----------------------------------------------------------------------------- helpers
 
 
-def resolve_device(device: str | None = "auto") -> torch.device:
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise SrpkdError("--device cuda requested but CUDA is not available")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise SrpkdError(f"unknown device {device!r}") from None
-
-
 def _progress(iterable, desc: str, enabled: bool, total: int | None = None):
     if not enabled:
         return iterable

@@ -19,7 +19,6 @@ import copy
 import platform
 import statistics
 import time
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -27,6 +26,7 @@ import onnxruntime as ort
 import torch
 import torch.nn as nn
 
+from ..devices import device_name, resolve_device
 from ..errors import SrpkdError, first_line
 from ..export.onnx import DEFAULT_OPSET, build_onnx
 from ..models import count_macs, count_params
@@ -69,22 +69,6 @@ def time_callable(fn: Callable[[], object], warmup: int, runs: int, sync: Callab
         sync()
         times.append((time.perf_counter() - t0) * 1e3)
     return times
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return cpu_name()
 
 
 def _reason(e: BaseException) -> str:
@@ -170,9 +154,7 @@ def profile_model(
     source: str | None = None,
 ) -> dict:
     """Parameters, MACs and per-runtime latency of a generator at batch 1."""
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SrpkdError("--device cuda requested but CUDA is not available")
+    device = resolve_device(device)
     multiple = getattr(model, "size_multiple", 4)
     if size <= 0 or size % multiple:
         raise SrpkdError(f"--size must be a positive multiple of {multiple}, got {size}")

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .. import devices
 from ..checkpoint import generator_record, load_state_strict, load_tensors, save_generator, save_tensors
 from ..config import Config, save_config, to_dict
 from ..errors import SrpkdError
@@ -58,14 +59,8 @@ class NonFiniteLoss(SrpkdError):
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise SrpkdError(f"device {name} requested but CUDA is not available")
-        if name == "cuda" and dist.env_world_size() > 1:
-            name = f"cuda:{dist.local_rank()}"
-    return torch.device(name)
+    """:func:`srpkd.devices.resolve_device`, with this torchrun process's GPU for a bare ``cuda``."""
+    return devices.resolve_device(name, dist.local_rank() if dist.env_world_size() > 1 else None)
 
 
 def seed_everything(seed: int) -> None:
