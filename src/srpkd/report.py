@@ -130,7 +130,7 @@ def collect(run_dir: str | os.PathLike) -> dict:
             from .assets import resolve_teacher
 
             teacher = _model_info(resolve_teacher(spec), size)
-        except (SrpkdError, ImportError):
+        except SrpkdError:
             pass
     info["student"], info["teacher"], info["teacher_spec"] = student, teacher, spec
     return info

@@ -13,6 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
+from ..report import write_report
+
 log = logging.getLogger("srpkd.train")
 
 
@@ -191,14 +193,8 @@ def run(args) -> int:
         for line in summary_table(trainer):
             print(line)
         if args.distill:
-            try:
-                from ..report import write_report
-            except ImportError as e:
-                if getattr(e, "name", None) not in ("srpkd.report",):
-                    raise
-            else:
-                path = write_report(run_dir)
-                print(f"report: {path}")
+            path = write_report(run_dir)
+            print(f"report: {path}")
         return 0
     finally:
         dist.shutdown()

@@ -21,6 +21,7 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
+from ..assets import resolve_teacher
 from ..errors import SrpkdError
 
 log = logging.getLogger("srpkd.distill")
@@ -30,14 +31,6 @@ SQ_NORMS = ":sq_norms"  # features-dict key suffix of a tap's cached relation ro
 
 def load_teacher(spec: str) -> nn.Module:
     """``"builtin:vintagify"`` or a srpkd checkpoint / run folder -> generator (not yet frozen)."""
-    try:
-        from ..assets import resolve_teacher
-    except ImportError as e:
-        if spec.startswith("builtin:") or getattr(e, "name", "") not in ("srpkd.assets", None):
-            raise
-        from ..checkpoint import load_generator
-
-        return load_generator(spec)
     return resolve_teacher(spec)
 
 
