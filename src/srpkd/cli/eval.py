@@ -3,6 +3,12 @@ from __future__ import annotations
 
 import json
 
+from ..devices import resolve_device
+from ..errors import SrpkdError
+from ..files import write_json
+from ..metrics.evaluate import Scorer, default_output, evaluate_run, score_folders
+from ..metrics.fid import FeatureCache
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -36,12 +42,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..errors import SrpkdError
-    from ..devices import resolve_device
-    from ..metrics.evaluate import Scorer, default_output, evaluate_run, score_folders
-    from ..files import write_json
-    from ..metrics.fid import FeatureCache
-
     if args.batch <= 0:
         raise SrpkdError("--batch must be positive")
     if args.max_images is not None and args.max_images < 2:

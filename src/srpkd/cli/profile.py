@@ -3,6 +3,12 @@ from __future__ import annotations
 
 import json
 
+from ..checkpoint import load_generator
+from ..errors import SrpkdError
+from ..files import write_json
+from ..metrics.latency import profile_model
+from ..models import create_generator
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -26,12 +32,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..checkpoint import load_generator
-    from ..errors import SrpkdError
-    from ..files import write_json
-    from ..metrics.latency import profile_model
-    from ..models import create_generator
-
     if args.checkpoint and args.arch:
         raise SrpkdError("give either a checkpoint or --arch, not both")
     if args.threads < 0:

@@ -29,10 +29,17 @@ from typing import Any, Sequence
 
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from tqdm import tqdm
 
+from ..assets import resolve_teacher
+from ..checkpoint import load_generator
+from ..config import load_config
+from ..data.datasets import build_dataset, check_same_size
 from ..errors import SrpkdError
 from . import image as image_metrics
 from .fid import FeatureCache, content_key, extract_features, fid_from_features, kid_from_features
+from .inception import inception
+from .perceptual import stlpips
 
 FORMAT = 1
 OTHER = {"AtoB": "BtoA", "BtoA": "AtoB"}
@@ -44,8 +51,6 @@ OTHER = {"AtoB": "BtoA", "BtoA": "AtoB"}
 def _progress(iterable, desc: str, enabled: bool, total: int | None = None):
     if not enabled:
         return iterable
-    from tqdm import tqdm
-
     return tqdm(iterable, desc=desc, total=total, unit="batch", leave=False, dynamic_ncols=True)
 
 
@@ -71,8 +76,6 @@ class Scorer:
 
     def __post_init__(self):
         if self.extractor is None:
-            from .inception import inception
-
             self.extractor = inception(self.device)
         if self.cache is None:
             self.cache = FeatureCache()
@@ -99,8 +102,6 @@ class Scorer:
 
 
 def _loader(dataset: Dataset, batch: int) -> DataLoader:
-    from ..data.datasets import check_same_size
-
     try:
         check_same_size(dataset)
     except SrpkdError:
@@ -130,8 +131,6 @@ def fidelity_metrics(student: torch.Tensor, teacher: torch.Tensor, scorer: Score
 
 @torch.no_grad()
 def perceptual_mean(a: torch.Tensor, b: torch.Tensor, scorer: Scorer) -> float | None:
-    from .perceptual import stlpips
-
     if min(a.shape[-2:]) < 32:
         return None
     model = stlpips(scorer.device)
@@ -165,8 +164,6 @@ def _data_desc(mode: str, side: str, size: int) -> str:
 
 def _test_data(mode: str, root, direction: str, test_split: str, train_split: str, size: int, max_images: int | None, task: str):
     """(inputs dataset, target present, real reference (dataset, files, desc, info) or None)."""
-    from ..data.datasets import build_dataset
-
     common = dict(load_size=size, crop_size=size, preprocess="resize", flip=False)
     if mode == "builtin":
         ds = build_dataset("builtin", None, split="test", crop_size=size, flip=False, max_images=max_images)
@@ -266,15 +263,11 @@ def evaluate_run(
     Flags override the run's config. For an unpaired run with
     ``student_B.safetensors`` both directions are scored.
     """
-    from ..checkpoint import load_generator
-
     target = Path(target)
     if not target.exists():
         raise SrpkdError(f"not found: {target}")
     cfg = None
     if target.is_dir() and (target / "config.yaml").is_file():
-        from ..config import load_config
-
         cfg = load_config(target / "config.yaml")
     student = load_generator(target)
     mode = mode or (cfg.data.mode if cfg else ("aligned" if data else "builtin"))
@@ -295,8 +288,6 @@ def evaluate_run(
     if mode in ("aligned", "unaligned", "single") and not root:
         raise SrpkdError(f"data mode {mode!r} needs a data folder (--data DIR)")
     scorer = scorer or Scorer()
-
-    from ..assets import resolve_teacher
 
     teacher_model = resolve_teacher(teacher_spec) if teacher_spec else None
     t0 = time.perf_counter()
@@ -336,8 +327,6 @@ def default_output(target: str | os.PathLike) -> Path:
 
 
 def _folder_dataset(folder, size: int | None, max_images: int | None):
-    from ..data.datasets import build_dataset
-
     preprocess = "resize" if size else "none"
     s = size or 256
     return build_dataset("single", folder, load_size=s, crop_size=s, preprocess=preprocess, flip=False, max_images=max_images)
@@ -364,8 +353,6 @@ def score_folders(
     every generated file has a real counterpart with the same file stem and
     size, PSNR and SSIM to it are reported too.
     """
-    from ..data.datasets import build_dataset
-
     scorer = scorer or Scorer()
     t0 = time.perf_counter()
     if (real is None) == (data is None):

@@ -52,6 +52,7 @@ def feature_stats(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor) -> float:
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), >= 0."""
+    # lazy: torchmetrics takes over 1 s to import, and most srpkd commands never compute a FID
     from torchmetrics.image.fid import _compute_fid
 
     value = float(_compute_fid(mu1.double(), sigma1.double(), mu2.double(), sigma2.double()))
@@ -70,6 +71,7 @@ def kid_from_features(
     With ``subset_size`` equal to both set sizes every subset is the whole
     set, so one evaluation is made (standard deviation 0).
     """
+    # lazy: torchmetrics takes over 1 s to import, and most srpkd commands never compute a KID
     from torchmetrics.image.kid import poly_mmd
 
     a, b = a.double(), b.double()
