@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator
 
+import dacite
 import yaml
 
 from .errors import SrpkdError
+from .files import atomic_path
 
 TASKS = ("teacher_only", "paired", "unpaired")
 
@@ -211,8 +214,6 @@ def _unknown_keys(cls: type, data: dict, prefix: str = "") -> list[str]:
 
 def _non_lists(cls: type, data: dict, prefix: str = "") -> list[tuple[str, Any]]:
     """List-typed keys given something else: dacite would try to convert a mapping and fail obscurely."""
-    import typing
-
     hints = typing.get_type_hints(cls)
     bad = []
     for f in dataclasses.fields(cls):
@@ -227,8 +228,6 @@ def _non_lists(cls: type, data: dict, prefix: str = "") -> list[tuple[str, Any]]
 
 
 def from_dict(data: dict[str, Any]) -> Config:
-    import dacite
-
     unknown = _unknown_keys(Config, data)
     if unknown:
         raise SrpkdError(f"unknown config key(s): {', '.join(unknown)}")
@@ -313,7 +312,5 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    from .checkpoint import atomic_path
-
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
