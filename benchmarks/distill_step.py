@@ -55,7 +55,8 @@ from pathlib import Path
 
 import torch
 
-from srpkd.metrics.latency import cpu_name
+from srpkd import SrpkdError
+from srpkd.devices import device_name, resolve_device
 
 VARIANTS = {
     "scratch": dict(distill=False),
@@ -190,7 +191,7 @@ def machine(device: torch.device, load_before: tuple[float, ...]) -> dict:
     info = {
         "machine": True,
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "device_name": device_name(device),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -234,8 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--srp-weight", type=float, default=8000.0)
     p.add_argument("--quick", action="store_true", help="smoke test: 32 px, batch 2, 1 round of 1 step, no compile")
     args = p.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("distill_step.py: error: --device cuda but CUDA is not available", file=sys.stderr)
+    try:
+        device = resolve_device(args.device)
+    except SrpkdError as e:
+        print(f"distill_step.py: error: {e}", file=sys.stderr)
         return 2
     if args.size is None:
         args.size = 256 if args.device == "cuda" else 128
@@ -254,7 +257,6 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     logging.getLogger("srpkd").setLevel(logging.ERROR)
     load_before = os.getloadavg()
-    device = torch.device(args.device)
 
     rows: list[dict] = []
     share: list[dict] = []

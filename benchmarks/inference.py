@@ -3,8 +3,8 @@
     python benchmarks/inference.py [--json] [--size 256] [--threads 2] [--runs 10] [--rounds 3]
                                    [--runtime eager,onnx] [--device cpu|cuda] [--quick]
 
-The same measurement as ``srpkd profile`` (it uses its functions: the project's
-ONNX export, an ONNX Runtime session with ``ORT_ENABLE_ALL`` and ``--threads``
+The same measurement as ``srpkd profile`` (the same functions: the checked export
+``srpkd export`` ships, srpkd's one ONNX Runtime session builder with ``--threads``
 intra-op threads, batch 1, one constant input, warm-up first), for
 
 - ``teacher``: the real vintagify teacher (ResNet-9, ngf 64, instance norm with affine);
@@ -28,17 +28,22 @@ The equivalent ``srpkd profile`` command is printed with each row.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
+import copy
 import json
 import os
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
+
+from srpkd import SrpkdError
+from srpkd.assets import resolve_teacher
+from srpkd.devices import device_name, resolve_device
+from srpkd.export.onnx import build_onnx
+from srpkd.metrics.latency import runtime_versions
+from srpkd.models import count_macs, count_params, create_generator
+from srpkd.runtime import onnx_session
 
 MODELS = {
     "teacher": ("builtin:vintagify", None),
@@ -48,12 +53,8 @@ MODELS = {
 
 
 def build(name: str) -> torch.nn.Module:
-    from srpkd.models import create_generator
-
     arch, ngf = MODELS[name]
     if arch.startswith("builtin:"):
-        from srpkd.assets import resolve_teacher
-
         return resolve_teacher(arch)
     torch.manual_seed(0)
     return create_generator(arch, ngf=ngf)
@@ -69,9 +70,7 @@ def profile_command(name: str, args) -> str:
 class Runner:
     """One model in one runtime: a callable to time, built as ``srpkd profile`` builds it."""
 
-    def __init__(self, name: str, model: torch.nn.Module, runtime: str, args, device: torch.device, tmp: Path):
-        from srpkd.metrics.latency import _onnx_session, export_onnx
-
+    def __init__(self, name: str, model: torch.nn.Module, runtime: str, args, device: torch.device):
         self.name, self.runtime = name, runtime
         self.times: list[float] = []
         self.error = None
@@ -87,20 +86,11 @@ class Runner:
 
                 self.fn = fn
             elif runtime == "onnx":
-                path = tmp / f"{name}.onnx"
                 t0 = time.perf_counter()
-                with contextlib.redirect_stdout(io.StringIO()):
-                    export_onnx(model.eval().to(device), path, args.size, device)
+                # exported from a CPU copy, as srpkd profile does: the check compares with PyTorch on the CPU
+                data, _, _ = build_onnx(copy.deepcopy(model).eval().cpu(), (args.size, args.size))
                 self.info["export_s"] = round(time.perf_counter() - t0, 2)
-                session = _onnx_session(path, args.threads, device)
-                if not args.ort_spin:  # same session, rebuilt with ORT's intra-op spin-waiting off
-                    import onnxruntime as ort
-
-                    opts = ort.SessionOptions()
-                    opts.intra_op_num_threads, opts.inter_op_num_threads = args.threads, 1
-                    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-                    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                    session = ort.InferenceSession(str(path), sess_options=opts, providers=session.get_providers())
+                session = onnx_session(data, threads=args.threads, device=device, spin=args.ort_spin)
                 self.info["providers"] = session.get_providers()
                 feed = {session.get_inputs()[0].name: x.cpu().numpy()}
                 self.fn = lambda: session.run(None, feed)
@@ -141,26 +131,23 @@ def main(argv: list[str] | None = None) -> int:
     args.ort_spin = args.ort_spin == "on"
     if args.quick:
         args.size, args.warmup, args.runs, args.rounds = 64, 0, 1, 1
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("inference.py: error: --device cuda but CUDA is not available", file=sys.stderr)
+    try:
+        device = resolve_device(args.device)
+    except SrpkdError as e:
+        print(f"inference.py: error: {e}", file=sys.stderr)
         return 2
-    from srpkd.metrics.latency import _versions, device_name
-    from srpkd.models import count_macs, count_params
-
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
     load_before = os.getloadavg()
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     runtimes = [r.strip() for r in args.runtime.split(",") if r.strip()]
     models = {n: build(n) for n in names}
     stats = {n: {"params": count_params(m), "macs": count_macs(m, args.size)} for n, m in models.items()}
-    with tempfile.TemporaryDirectory(prefix="srpkd-infer-") as tmp:
-        runners = [Runner(n, models[n], r, args, device, Path(tmp)) for r in runtimes for n in names]
+    runners = [Runner(n, models[n], r, args, device) for r in runtimes for n in names]
+    for r in runners:
+        r.run(args.warmup, record=False)
+    for _ in range(args.rounds):
         for r in runners:
-            r.run(args.warmup, record=False)
-        for _ in range(args.rounds):
-            for r in runners:
-                r.run(args.runs)
+            r.run(args.runs)
     rows = []
     for r in runners:
         row = {"model": r.name, "runtime": r.runtime, "arch": getattr(models[r.name], "arch", "?"),
@@ -180,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             row["speedup_min"] = round(t["min_ms"] / row["min_ms"], 2)
             row["efficiency"] = round(row["speedup"] / row["mac_reduction"], 3)
     info = {"machine": True, "device": str(device), "device_name": device_name(device), "cpu_count": os.cpu_count(),
-            "threads": args.threads, "versions": _versions(),
+            "threads": args.threads, "versions": runtime_versions(),
             "load_avg_before": [round(x, 2) for x in load_before],
             "load_avg_after": [round(x, 2) for x in os.getloadavg()], "date": time.strftime("%Y-%m-%d %H:%M %Z"),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), "ort_spin": args.ort_spin}

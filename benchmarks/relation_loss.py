@@ -40,6 +40,8 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from srpkd import SrpkdError
+from srpkd.devices import resolve_device
 from srpkd.losses import semantic_relation_loss
 
 DENSE_MATRICES = 6  # float64 HW x HW buffers alive at the dense method's peak
@@ -179,10 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("relation_loss.py: error: --device cuda but CUDA is not available", file=sys.stderr)
+    try:
+        device = resolve_device(args.device)
+    except SrpkdError as e:
+        print(f"relation_loss.py: error: {e}", file=sys.stderr)
         return 2
-    device = torch.device(args.device)
     rows = []
     for hw in args.hw:
         row = run_case(hw, args.c_t, args.c_s, args, device)

@@ -441,7 +441,7 @@ def fmt(key: str, s: dict) -> str:
 
 
 def write_results(tdir: Path, spec: dict, rows: list[dict], teachers: dict, meta: dict) -> None:
-    from srpkd.metrics.evaluate import write_json_atomic
+    from srpkd.files import write_json
 
     # ties: a variant's difference to kd (the reference) at most the larger seed std of the two
     by = {(r["dataset"], r["student"], r["variant"]): r for r in rows}
@@ -464,7 +464,7 @@ def write_results(tdir: Path, spec: dict, rows: list[dict], teachers: dict, meta
                 verdict = "tie" if abs(diff) <= spread else ("better" if better else "worse")
             r["vs_kd"][name] = {"diff": diff, "verdict": verdict}
     data = {"meta": meta, "teachers": teachers, "rows": rows}
-    write_json_atomic(tdir / "results.json", data)
+    write_json(tdir / "results.json", data)
 
     lines = [f"# {meta['task']}: results (mean ± sample std over seeds {meta['seeds']})", ""]
     lines.append(f"Command: `{meta['command']}`  ")
@@ -524,7 +524,8 @@ def identity_reference(tdir: Path, data_root: Path, size: int, test_images: int 
         return json.loads(path.read_text())
     import torch.nn as nn
 
-    from srpkd.metrics.evaluate import Scorer, evaluate_generator, write_json_atomic
+    from srpkd.files import write_json
+    from srpkd.metrics.evaluate import Scorer, evaluate_generator
 
     with memoised_eval():
         import srpkd.assets as assets
@@ -532,7 +533,7 @@ def identity_reference(tdir: Path, data_root: Path, size: int, test_images: int 
         r = evaluate_generator(nn.Identity(), task="teacher_only", mode="unaligned", root=data_root, size=size,
                                teacher=assets.resolve_teacher("builtin:vintagify"), max_images=test_images,
                                scorer=Scorer(progress=False))
-    write_json_atomic(path, r)
+    write_json(path, r)
     return r
 
 

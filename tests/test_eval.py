@@ -34,9 +34,7 @@ def scorer(tmp_path):
 @pytest.fixture
 def stub_inception(monkeypatch):
     """Make the CLI's default extractor the stub."""
-    import srpkd.metrics.inception as inception
-
-    monkeypatch.setattr(inception, "inception", lambda device="cpu": StubFeatures())
+    monkeypatch.setattr("srpkd.metrics.evaluate.inception", lambda device="cpu": StubFeatures())
 
 
 def tiny(ngf=4, seed=0):

@@ -11,7 +11,8 @@ import torch
 from srpkd import SrpkdError, create_generator, load_generator, save_generator
 from srpkd.cli.main import main
 from srpkd.export import export_model
-from srpkd.inference import OnnxRunner, TorchScriptRunner, export_metadata, load_runner, max_abs_diff
+from srpkd.inference import load_runner
+from srpkd.runtime import OnnxRunner, TorchScriptRunner, export_metadata, max_abs_diff
 
 # (id, arch, kwargs, sizes checked: square, non-square both ways)
 FAMILIES = [

@@ -7,12 +7,11 @@ import os
 # before torch loads OpenMP; an explicit setting in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from ._version import __version__
 from .checkpoint import load_generator, save_generator
 from .errors import SrpkdError
 from .inference import translate
 from .models import create_discriminator, create_generator, list_models
-
-__version__ = "0.1.0"
 
 __all__ = [
     "SrpkdError",

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import torch.nn as nn
 
+from .checkpoint import load_generator
 from .errors import SrpkdError
+from .models.convert import import_generator
 
 # import name -> (pip name, version): keep in step with requirements-assets.txt
 PACKAGES = {
@@ -71,8 +73,6 @@ def stlpips_weights_dir() -> Path:
 
 def load_builtin_teacher(name: str = "vintagify") -> nn.Module:
     """The vintagify teacher as a srpkd ``resnet_9blocks`` (ngf 64, ``instance_affine``), in eval mode."""
-    from .models.convert import import_generator
-
     if f"builtin:{name}" not in BUILTIN_TEACHERS:
         raise SrpkdError(f"unknown builtin teacher {name!r}; available: {', '.join(BUILTIN_TEACHERS)}")
     path = vintagify_teacher_path()
@@ -84,8 +84,6 @@ def load_builtin_teacher(name: str = "vintagify") -> nn.Module:
 
 def resolve_teacher(spec: str) -> nn.Module:
     """``"builtin:vintagify"`` or the path of a srpkd checkpoint (or run folder) -> generator in eval mode."""
-    from .checkpoint import load_generator
-
     spec = str(spec)
     if spec.startswith("builtin:"):
         return load_builtin_teacher(spec[len("builtin:"):])

@@ -3,142 +3,38 @@
 A generator file is one ``.safetensors`` file whose header metadata holds
 ``{"srpkd": {"format": 1, "kind": "generator", "arch": NAME, "kwargs": {...}}}``
 as JSON, so :func:`load_generator` rebuilds the model with no other input.
-Nothing is ever unpickled. Every write goes to a temporary file in the same
-folder, is flushed to disk and then renamed over the target, so a crash leaves
-either the old file or the new one, never half of one; the temporary file a
-killed writer leaves behind is removed by the next write into that folder.
+Nothing is ever unpickled. Every write is atomic (:func:`srpkd.files.atomic_path`):
+a crash leaves either the old file or the new one, never half of one.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
-import socket
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+import safetensors.torch  # called through the module, so that tests can patch safetensors.torch.save_file
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 
 from . import run_folder
 from .errors import SrpkdError
+from .files import _TAG, atomic_path  # noqa: F401  (_TAG re-exported: older callers import both from here)
+from .models import create_generator
 
 FORMAT = 1
 
 
-_TAG = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname() or "host")[:32]
-
-
-def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files that killed writers left in ``folder``.
-
-    Temporary names carry the writer's host and process id
-    (``.NAME.<host>-<pid>.XXXXXXXX.tmp``); a file of this host whose process no
-    longer exists can only be the remains of a crash (SIGKILL, power loss)
-    during a write. Files of live processes, of other hosts and of other
-    programs are left alone. Called on every atomic write into the folder.
-    """
-    removed = []
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return removed
-    for name in names:
-        if not (name.startswith(".") and name.endswith(".tmp")):
-            continue
-        parts = name.rsplit(".", 3)
-        if len(parts) != 4 or "-" not in parts[1]:
-            continue
-        host, pid = parts[1].rsplit("-", 1)
-        if host != _TAG or not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-            continue  # alive (or a reused pid): leave it
-        except ProcessLookupError:
-            pass
-        except OSError:
-            continue  # e.g. PermissionError: the process exists
-        try:
-            os.unlink(os.path.join(folder, name))
-            removed.append(Path(folder) / name)
-        except OSError:
-            pass
-    return removed
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable (POSIX); a no-op where folders cannot be opened (Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it over ``path``.
-
-    On any error the temporary file is removed and ``path`` is untouched.
-    """
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_TAG}-{os.getpid()}.", suffix=".tmp", dir=parent)
-    except OSError as e:
-        blocker = next((a for a in [parent, *parent.parents] if a.exists() and not a.is_dir()), None)
-        if blocker is not None:  # mkdir says "File exists" when a parent is a regular file
-            raise SrpkdError(f"cannot write {path}: {blocker} is a file, not a folder") from None
-        raise SrpkdError(f"cannot write {path}: {e.strerror or e}") from None
-    remove_stale_temps(parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        yield tmp
-        # mkstemp makes the file 0600 (and writers such as safetensors may recreate it):
-        # give the result the permissions open() would, 0666 & ~umask
-        os.chmod(tmp, 0o666 & ~_umask())
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(parent)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise SrpkdError(f"cannot write {path}: {e.strerror or e}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Write tensors plus a JSON-able ``meta`` record atomically as safetensors."""
-    from safetensors.torch import save_file
-
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"srpkd": json.dumps(meta)})
+        safetensors.torch.save_file(tensors, str(tmp), metadata={"srpkd": json.dumps(meta)})
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a srpkd safetensors file; one clear :class:`SrpkdError` for anything wrong with it."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
-
     path = Path(path)
     if not path.is_file():
         raise SrpkdError(f"checkpoint not found: {path}")
@@ -148,9 +44,9 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
             f"(convert a foreign generator with 'srpkd import')"
         )
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safetensors.torch.safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
-        tensors = load_file(str(path))
+        tensors = safetensors.torch.load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError, TypeError, OverflowError, MemoryError) as e:
         # TypeError/OverflowError: e.g. a shape [0, 2**63] that safetensors accepts and torch cannot reshape to
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -180,8 +76,6 @@ def save_generator(model: nn.Module, path: str | os.PathLike, **extra: Any) -> N
 
 
 def build_from_record(record: dict[str, Any], source: str | os.PathLike = "checkpoint") -> nn.Module:
-    from .models import create_generator
-
     if not isinstance(record, dict):
         raise SrpkdError(f"{source} has a malformed architecture record: {record!r}")
     arch, kwargs = record.get("arch"), record.get("kwargs", {})

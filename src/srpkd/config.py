@@ -18,8 +18,8 @@ from typing import Any, Iterator
 import dacite
 import yaml
 
-from .checkpoint import atomic_path
 from .errors import SrpkdError
+from .files import atomic_path
 
 TASKS = ("teacher_only", "paired", "unpaired")
 DATA_MODES = ("builtin", "aligned", "unaligned", "single")

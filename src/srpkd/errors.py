@@ -8,3 +8,9 @@ Programming errors stay ordinary exceptions so that they are still loud.
 
 class SrpkdError(Exception):
     """A problem with the user's input: a file, a folder, an option, a checkpoint."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name if it has none), for a one-line error."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -1,207 +1,39 @@
-"""Running a generator on images: the ``translate`` API, padding, and runtime wrappers.
+"""Running a generator on images: the ``translate`` API, padding, and choosing a runner.
 
-A *runner* hides where the network runs (PyTorch eager, a TorchScript file, an
-ONNX Runtime session) behind one call: a float32 ``(N, 3, H, W)`` array in
-[-1, 1] goes in, an array of the same shape comes out. Each runner knows the
-``size_multiple`` its network needs; images of any size are padded by
-reflection up to the next multiple (split evenly between the two sides) and
-the output is cropped back, so the result always has the input's size.
-
-Exported files carry a JSON record (see :func:`export_metadata`): the
-architecture, the input range and the size multiple, so that a runner built
-from an ``.onnx`` or ``.torchscript`` file needs nothing else.
+The runners themselves (PyTorch eager, a TorchScript file, an ONNX Runtime
+session) are in :mod:`srpkd.runtime`; :func:`load_runner` picks one for a
+module, a checkpoint or an exported file. Images of any size are padded by
+reflection up to the next multiple of the runner's ``size_multiple`` (split
+evenly between the two sides) and the output is cropped back, so the result
+always has the input's size.
 """
 from __future__ import annotations
 
-import io
-import json
 import os
-import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 from PIL import Image
 
+from .checkpoint import load_generator
 from .data.images import to_image, to_rgb, to_tensor
+from .devices import resolve_device
 from .errors import SrpkdError
+from .export.onnx import to_verified_onnx
+from .runtime import OnnxRunner, Runner, TorchRunner, TorchScriptRunner
 
-METADATA_KEY = "srpkd"  # ONNX metadata_props key; TorchScript stores METADATA_FILE
-METADATA_FILE = "srpkd.json"
 ONNX_SUFFIXES = (".onnx",)
 TORCHSCRIPT_SUFFIXES = (".torchscript",)
-
-
-# --------------------------------------------------------------------------- metadata
-
-
-def export_metadata(model: nn.Module) -> dict[str, Any]:
-    """The record an exported file carries: how to feed the network and where it came from."""
-    from . import __version__
-    from .checkpoint import generator_record
-
-    record = generator_record(model)
-    return {
-        "format": record["format"],
-        "kind": "generator",
-        "arch": record["arch"],
-        "kwargs": record["kwargs"],
-        "layout": "NCHW",
-        "channels": "RGB",
-        "input_range": [-1.0, 1.0],
-        "size_multiple": int(model.size_multiple),
-        "srpkd_version": __version__,
-    }
-
-
-def parse_metadata(text: str | bytes | None, source: str | os.PathLike) -> dict[str, Any]:
-    """Decode and check an export record; one :class:`SrpkdError` naming ``source`` if it is unusable."""
-    if not text:
-        raise SrpkdError(f"{source} has no srpkd metadata; export the generator with 'srpkd export'")
-    try:
-        meta = json.loads(text)
-        if not isinstance(meta, dict):
-            raise ValueError("not an object")
-        multiple = meta["size_multiple"]
-        if not isinstance(multiple, int) or multiple < 1:
-            raise ValueError(f"size_multiple {multiple!r}")
-    except (ValueError, KeyError) as e:
-        raise SrpkdError(f"{source} has corrupt srpkd metadata ({e})") from None
-    return meta
-
-
-# --------------------------------------------------------------------------- runners
-
-
-class Runner:
-    """One network, one call: float32 ``(N, C, H, W)`` in [-1, 1] -> array of the same shape."""
-
-    runtime = "?"
-    size_multiple: int = 1
-    # (N, C, H, W) for a network exported with fixed shapes, else None
-    fixed_shape: tuple[int, int, int, int] | None = None
-    metadata: dict[str, Any] = {}
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def describe(self) -> str:
-        arch = self.metadata.get("arch", "generator")
-        return f"{arch} on {self.runtime}"
-
-
-class TorchRunner(Runner):
-    """A PyTorch module, run in eval mode without autograd (its own mode is restored afterwards).
-
-    Without ``device`` the module stays where it is and inputs go to its device.
-    """
-
-    runtime = "torch"
-
-    def __init__(self, model: nn.Module, device: str | torch.device | None = None) -> None:
-        if device is not None:
-            model = model.to(device)
-        else:
-            device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        self.model = model
-        self.device = torch.device(device)
-        # A module not built by srpkd has no declared multiple: it gets no padding.
-        self.size_multiple = int(getattr(model, "size_multiple", 1))
-        self.metadata = {"arch": getattr(model, "arch", type(model).__name__)}
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode():
-                out = self.model(torch.from_numpy(np.ascontiguousarray(x)).to(self.device))
-        finally:
-            self.model.train(was_training)
-        return out.float().cpu().numpy()
-
-
-class TorchScriptRunner(Runner):
-    """A file written by ``srpkd export --format torchscript`` (or its bytes)."""
-
-    runtime = "torchscript"
-
-    def __init__(self, source: str | os.PathLike | bytes, device: str | torch.device = "cpu") -> None:
-        name = "TorchScript bytes" if isinstance(source, bytes) else str(source)
-        if not isinstance(source, bytes) and not Path(source).is_file():
-            raise SrpkdError(f"TorchScript file not found: {source}")
-        extra = {METADATA_FILE: ""}
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch.jit.load is deprecated in favour of torch.export
-                stream = io.BytesIO(source) if isinstance(source, bytes) else str(source)
-                self.module = torch.jit.load(stream, map_location=device, _extra_files=extra)
-        except (RuntimeError, OSError, ValueError) as e:
-            raise SrpkdError(f"{name} is not a readable TorchScript file ({str(e).splitlines()[0]})") from None
-        self.module.eval()
-        self.device = torch.device(device)
-        self.metadata = parse_metadata(extra[METADATA_FILE], name)
-        self.size_multiple = self.metadata["size_multiple"]
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            out = self.module(torch.from_numpy(np.ascontiguousarray(x)).to(self.device))
-        return out.float().cpu().numpy()
-
-
-class OnnxRunner(Runner):
-    """An ONNX Runtime session on a file written by ``srpkd export`` (or its bytes), on the CPU."""
-
-    runtime = "onnx"
-
-    def __init__(
-        self, source: str | os.PathLike | bytes, threads: int | None = None, providers: Sequence[str] | None = None
-    ) -> None:
-        import onnxruntime as ort
-
-        name = "ONNX bytes" if isinstance(source, bytes) else str(source)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # errors only; shape warnings would interleave with progress bars
-        # One thread setting for both runtimes: without ``threads``, follow torch.set_num_threads.
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        if not isinstance(source, bytes):
-            if not Path(source).is_file():
-                raise SrpkdError(f"ONNX model not found: {source}")
-            source = str(source)
-        try:
-            self.session = ort.InferenceSession(source, options, providers=list(providers or ["CPUExecutionProvider"]))
-        except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
-            raise SrpkdError(f"{name} is not a readable ONNX model ({str(e).splitlines()[0]})") from None
-        self.metadata = parse_metadata(self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY), name)
-        self.size_multiple = self.metadata["size_multiple"]
-        inp = self.session.get_inputs()[0]
-        self.input_name = inp.name
-        if all(isinstance(d, int) for d in inp.shape):
-            self.fixed_shape = tuple(inp.shape)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if self.fixed_shape is not None:
-            n, *chw = self.fixed_shape
-            if list(x.shape[1:]) != chw:
-                raise SrpkdError(
-                    f"this ONNX model was exported with a fixed input of {'x'.join(map(str, self.fixed_shape))}, "
-                    f"got {'x'.join(map(str, x.shape))}; export it with dynamic shapes or resize the input to match"
-                )
-            if x.shape[0] != n:  # a fixed batch of n: feed it n images at a time
-                if x.shape[0] % n:
-                    raise SrpkdError(f"this ONNX model takes batches of exactly {n}, got {x.shape[0]}")
-                return np.concatenate([self(x[i : i + n]) for i in range(0, x.shape[0], n)])
-        return self.session.run(None, {self.input_name: x})[0]
 
 
 def load_runner(
     model: nn.Module | Runner | str | os.PathLike,
     runtime: str | None = None,
     threads: int | None = None,
-    device: str | None = None,
+    device: str | torch.device | None = None,
 ) -> Runner:
     """A runner for a module, a checkpoint / run folder, an ``.onnx`` or a ``.torchscript`` file.
 
@@ -214,14 +46,14 @@ def load_runner(
     """
     if runtime not in (None, "torch", "onnx"):
         raise SrpkdError(f"unknown runtime {runtime!r}; choose torch or onnx")
+    if device is not None:
+        device = resolve_device(device)
     if isinstance(model, Runner):
         if runtime and model.runtime != runtime and not (runtime == "torch" and model.runtime == "torchscript"):
             raise SrpkdError(f"this model already runs on {model.runtime}, not {runtime}")
         return model
     if isinstance(model, nn.Module):
         if runtime == "onnx":
-            from .export.onnx import to_verified_onnx
-
             return OnnxRunner(to_verified_onnx(model), threads=threads)
         return TorchRunner(model, device)
     path = Path(model)
@@ -234,20 +66,7 @@ def load_runner(
         if runtime == "onnx":
             raise SrpkdError(f"{path} is a TorchScript file: run it with --runtime torch, or pass the srpkd checkpoint")
         return TorchScriptRunner(path, device or "cpu")
-    from .checkpoint import load_generator
-
     return load_runner(load_generator(path), runtime, threads, device)
-
-
-def max_abs_diff(model: nn.Module, runner: Runner, shape: Sequence[int], seed: int = 0) -> float:
-    """Largest absolute difference between PyTorch eager and ``runner`` on one random input in [-1, 1]."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(tuple(shape), generator=g).mul(2).sub(1).numpy()
-    expected = TorchRunner(model)(x)
-    got = runner(x)
-    if got.shape != expected.shape:
-        return float("inf")
-    return float(np.abs(got.astype(np.float64) - expected).max())
 
 
 # --------------------------------------------------------------------------- padding

@@ -20,8 +20,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from . import run_folder
+from ._version import __version__
+from .assets import resolve_teacher
+from .checkpoint import load_generator
+from .config import load_config
 from .errors import SrpkdError
+from .files import atomic_path
+from .models import count_macs, count_params
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
@@ -86,16 +94,12 @@ def _config(run: Path) -> tuple[Any, str | None]:
         return None, None
     text = path.read_text(errors="replace")
     try:
-        from .config import load_config
-
         return load_config(path), text
     except SrpkdError:
         return None, text
 
 
 def _model_info(model, size: int) -> dict:
-    from .models import count_macs, count_params
-
     info = {"params": count_params(model), "arch": getattr(model, "arch", None), "kwargs": getattr(model, "arch_kwargs", {})}
     try:
         info["macs"] = count_macs(model, size)
@@ -119,18 +123,14 @@ def collect(run_dir: str | os.PathLike) -> dict:
     info["samples"] = run / run_folder.SAMPLES if (run / run_folder.SAMPLES).is_file() else None
     student = teacher = None
     try:
-        from .checkpoint import load_generator
-
         student = _model_info(load_generator(run), size)
     except SrpkdError:
         pass
     spec = cfg.teacher.checkpoint if cfg else None
     if spec:
         try:
-            from .assets import resolve_teacher
-
             teacher = _model_info(resolve_teacher(spec), size)
-        except (SrpkdError, ImportError):
+        except SrpkdError:
             pass
     info["student"], info["teacher"], info["teacher_spec"] = student, teacher, spec
     return info
@@ -145,8 +145,6 @@ def _png_data_uri(data: bytes) -> str:
 
 def _image_file_uri(path: Path) -> str | None:
     try:
-        from PIL import Image
-
         with Image.open(path) as img:
             img.load()
             buf = io.BytesIO()
@@ -161,10 +159,11 @@ def loss_curves_png(records: list[dict]) -> bytes | None:
     keys = sorted({k for r in records for k, v in r.items() if k.startswith("loss/") and isinstance(v, (int, float))})
     if not keys:
         return None
+    # lazy: selecting the Agg backend is process-wide, so only a report that draws may do it (and it costs 0.5 s)
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): pyplot fixes its backend when imported
 
     cols = min(3, len(keys))
     rows = math.ceil(len(keys) / cols)
@@ -282,8 +281,6 @@ def _curves(info: dict) -> str:
 
 
 def _page(title: str, body: str) -> str:
-    from . import __version__
-
     stamp = time.strftime("%Y-%m-%d %H:%M")
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{CSS}</style></head><body>{body}"
@@ -328,19 +325,9 @@ def render_comparison(infos: list[dict]) -> str:
 
 
 def _write(path: Path, text: str) -> Path:
-    from .checkpoint import atomic_path
-
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        _readable(tmp)
     return path
-
-
-def _readable(path: Path) -> None:
-    """Temporary files are created 0600; give the final file the usual umask permissions."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:

@@ -3,6 +3,12 @@ from __future__ import annotations
 
 import json
 
+from ..devices import resolve_device
+from ..errors import SrpkdError
+from ..files import write_json
+from ..metrics.evaluate import Scorer, default_output, evaluate_run, score_folders
+from ..metrics.fid import FeatureCache
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -36,10 +42,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..errors import SrpkdError
-    from ..metrics.evaluate import Scorer, default_output, evaluate_run, resolve_device, score_folders, write_json_atomic
-    from ..metrics.fid import FeatureCache
-
     if args.batch <= 0:
         raise SrpkdError("--batch must be positive")
     if args.max_images is not None and args.max_images < 2:
@@ -66,7 +68,7 @@ def run(args) -> int:
                               size=args.size, max_images=args.max_images, scorer=scorer)
         out = args.out or default_output(args.target)
     if out:
-        path = write_json_atomic(out, result)
+        path = write_json(out, result)
         result_path = str(path)
     else:
         result_path = None

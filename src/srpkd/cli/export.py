@@ -3,6 +3,12 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
+
+from ..checkpoint import load_generator
+from ..errors import SrpkdError
+from ..export import FORMATS, export_model
+from ..export.onnx import DEFAULT_OPSET
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -42,19 +48,11 @@ def register(sub) -> None:
 
 
 def default_output(checkpoint: str, fmt: str):
-    from pathlib import Path
-
-    from ..export import FORMATS
-
     path = Path(checkpoint)
     return path / f"generator{FORMATS[fmt]}" if path.is_dir() else path.with_suffix(FORMATS[fmt])
 
 
 def run(args) -> int:
-    from ..checkpoint import load_generator
-    from ..errors import SrpkdError
-    from ..export import export_model
-
     if args.format == "torchscript" and not args.dynamic:
         raise SrpkdError("--static applies to ONNX only (a TorchScript trace takes any size)")
     if args.format == "torchscript" and args.opset is not None:
@@ -65,8 +63,6 @@ def run(args) -> int:
     model = load_generator(args.checkpoint)
     options = dict(size=args.size, atol=args.atol, overwrite=args.overwrite)
     if args.format == "onnx":
-        from ..export.onnx import DEFAULT_OPSET
-
         options.update(dynamic=args.dynamic, opset=args.opset or DEFAULT_OPSET)
     report = export_model(model, output, args.format, **options)
     print(report.summary())

@@ -1,6 +1,15 @@
 """``srpkd import``: convert a pytorch-CycleGAN-and-pix2pix (or vintagify) generator to a srpkd checkpoint."""
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
+from ..assets import PACKAGES, vintagify_teacher_path
+from ..checkpoint import save_generator
+from ..errors import SrpkdError
+from ..models import count_params
+from ..models.convert import import_generator
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -21,15 +30,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import hashlib
-    from pathlib import Path
-
-    from ..assets import PACKAGES, vintagify_teacher_path
-    from ..checkpoint import save_generator
-    from ..errors import SrpkdError
-    from ..models import count_params
-    from ..models.convert import import_generator
-
     if args.ngf is not None and args.ngf <= 0:
         raise SrpkdError(f"--ngf must be positive, got {args.ngf}")
     if args.dropout is not None and not 0 <= args.dropout < 1:

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import json
 
+from ..checkpoint import load_generator
+from ..errors import SrpkdError
+from ..models import count_macs, count_params, create_generator, list_models
+
 
 def register(sub) -> None:
     p = sub.add_parser("info", help="parameters and MACs of an architecture or a checkpoint")
@@ -17,9 +21,6 @@ def register(sub) -> None:
 
 
 def describe(model, size: int) -> dict:
-    from ..errors import SrpkdError
-    from ..models import count_macs, count_params
-
     if size <= 0 or size % model.size_multiple:
         raise SrpkdError(f"--size must be a positive multiple of {model.size_multiple} for {model.arch}, got {size}")
     return {
@@ -33,10 +34,6 @@ def describe(model, size: int) -> dict:
 
 
 def run(args) -> int:
-    from ..checkpoint import load_generator
-    from ..errors import SrpkdError
-    from ..models import create_generator, list_models
-
     if args.list:
         print("generators:     " + ", ".join(list_models("generator")))
         print("discriminators: " + ", ".join(list_models("discriminator")))

@@ -1,20 +1,21 @@
 """``srpkd`` command line: one sub-command per file in this folder.
 
 Each sub-command module exposes ``register(subparsers)``, which adds its parser
-and sets ``func``. Heavy imports happen inside the command functions, so
-``srpkd --help`` is instant. A :class:`SrpkdError` becomes one
-``srpkd: error: ...`` line on stderr and exit status 2.
+and sets ``func``. A :class:`SrpkdError` becomes one ``srpkd: error: ...`` line
+on stderr and exit status 2.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 
+from .._version import __version__
 from ..errors import SrpkdError
+from . import eval as eval_
+from . import export, import_, info, profile, report, train, translate
 
-COMMANDS = ["info", "import_", "train", "eval", "profile", "report", "export", "translate"]
+COMMANDS = [info, import_, train, eval_, profile, report, export, translate]  # in the order --help lists them
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,19 +25,11 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="srpkd", description="Distil image-to-image GAN generators into small students (SRP-KD).")
-    from .. import __version__
-
     parser.add_argument("--version", action="version", version=f"srpkd {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(f".{name}", __package__)
-        except ModuleNotFoundError as e:
-            if e.name == f"{__package__}.{name}":  # command not built yet
-                continue
-            raise
-        module.register(sub)
+    for command in COMMANDS:
+        command.register(sub)
     return parser
 
 

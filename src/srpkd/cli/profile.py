@@ -3,6 +3,12 @@ from __future__ import annotations
 
 import json
 
+from ..checkpoint import load_generator
+from ..errors import SrpkdError
+from ..files import write_json
+from ..metrics.latency import profile_model
+from ..models import create_generator
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -26,12 +32,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..checkpoint import load_generator
-    from ..errors import SrpkdError
-    from ..metrics.evaluate import resolve_device, write_json_atomic
-    from ..metrics.latency import profile_model
-    from ..models import create_generator
-
     if args.checkpoint and args.arch:
         raise SrpkdError("give either a checkpoint or --arch, not both")
     if args.threads < 0:
@@ -43,10 +43,10 @@ def run(args) -> int:
     else:
         raise SrpkdError("give a checkpoint or --arch NAME (srpkd info --list shows the names)")
     runtimes = [r.strip() for r in args.runtime.split(",") if r.strip()]
-    result = profile_model(model, size=args.size, runtimes=runtimes, device=resolve_device(args.device), threads=args.threads,
+    result = profile_model(model, size=args.size, runtimes=runtimes, device=args.device, threads=args.threads,
                            warmup=args.warmup, runs=args.runs, source=source)
     if args.out:
-        write_json_atomic(args.out, result)
+        write_json(args.out, result)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -66,6 +66,8 @@ def format_table(r: dict) -> str:
     for name, t in r["runtimes"].items():
         if t.get("ok"):
             extra = f"   peak {t['peak_memory_mb']:.0f} MiB" if "peak_memory_mb" in t else ""
+            if "export" in t:
+                extra += f"   (the srpkd export, matches PyTorch to {t['export']['max_abs_diff']:.0e})"
             lines.append(f"  {name:<9}{t['median_ms']:>11.2f}{t['p90_ms']:>10.2f}{t['min_ms']:>10.2f}{extra}")
         else:
             lines.append(f"  {name:<9}  failed: {t['error']}")

@@ -1,6 +1,8 @@
 """``srpkd report``: a self-contained HTML report of one run, or several side by side."""
 from __future__ import annotations
 
+from ..report import write_comparison, write_report
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -18,8 +20,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..report import write_comparison, write_report
-
     if len(args.runs) == 1:
         path = write_report(args.runs[0], args.out)
     else:

@@ -20,6 +20,14 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from ..data.images import list_images, load_image, save_image
+from ..devices import resolve_device
+from ..errors import SrpkdError
+from ..inference import load_runner, padded_size, run_batch
 from .export import parse_size
 
 OUTPUT_SUFFIXES = {"png": ".png", "jpg": ".jpg"}
@@ -65,9 +73,6 @@ def output_name(src: Path, ext: str | None) -> str:
 
 def plan(input_path: Path, output_path: Path, ext: str | None) -> list[tuple[Path, Path]]:
     """(source, destination) pairs; clear errors for everything that can be known before any work."""
-    from ..data.images import list_images
-    from ..errors import SrpkdError
-
     if input_path.is_dir():
         if output_path.is_file():
             raise SrpkdError(f"{output_path} is a file; the output of a folder must be a folder")
@@ -98,8 +103,6 @@ def plan(input_path: Path, output_path: Path, ext: str | None) -> list[tuple[Pat
 
 
 def refuse_existing(jobs: list[tuple[Path, Path]]) -> None:
-    from ..errors import SrpkdError
-
     existing = [dst for _, dst in jobs if dst.exists()]
     if existing:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
@@ -108,10 +111,6 @@ def refuse_existing(jobs: list[tuple[Path, Path]]) -> None:
 
 def group_by_size(jobs, size: tuple[int, int] | None, multiple: int) -> dict[tuple[int, int], list[tuple[Path, Path]]]:
     """Jobs keyed by the padded size the network will see, from image headers only (no decoding)."""
-    from PIL import Image
-
-    from ..inference import padded_size
-
     groups: dict[tuple[int, int], list[tuple[Path, Path]]] = defaultdict(list)
     for src, dst in jobs:
         if size is not None:
@@ -128,12 +127,6 @@ def group_by_size(jobs, size: tuple[int, int] | None, multiple: int) -> dict[tup
 
 def translate_batch(runner, batch: list[tuple[Path, Path]], size: tuple[int, int] | None, done, fail) -> None:
     """Read, translate and write one batch; ``fail(message)`` for each image that cannot be read or written."""
-    from PIL import Image
-
-    from ..data.images import load_image, save_image
-    from ..errors import SrpkdError
-    from ..inference import padded_size, run_batch
-
     loaded = []
     for src, dst in batch:
         try:
@@ -157,32 +150,20 @@ def translate_batch(runner, batch: list[tuple[Path, Path]], size: tuple[int, int
 
 
 def run(args) -> int:
-    import torch
-    from tqdm import tqdm
-
-    from ..errors import SrpkdError
-    from ..inference import load_runner
-
     if args.batch < 1:
         raise SrpkdError(f"--batch must be at least 1, got {args.batch}")
     if args.size is not None and min(args.size) < 1:
         raise SrpkdError(f"--size must be positive, got {args.size[0]}x{args.size[1]}")
     if args.threads is not None and args.threads < 1:
         raise SrpkdError(f"--threads must be at least 1, got {args.threads}")
-    if args.device:
-        try:
-            device = torch.device(args.device)
-        except RuntimeError:
-            raise SrpkdError(f"unknown --device {args.device!r}; e.g. cpu, cuda, cuda:1") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise SrpkdError(f"--device {args.device}: no CUDA GPU is available")
+    device = resolve_device(args.device) if args.device else None
     jobs = plan(Path(args.input), Path(args.output), args.ext)
     if not args.overwrite:
         refuse_existing(jobs)
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    runner = load_runner(args.model, args.runtime, args.threads, args.device)
+    runner = load_runner(args.model, args.runtime, args.threads, device)
     fixed = runner.fixed_shape
     if fixed is not None and args.size != tuple(fixed[2:]):
         raise SrpkdError(

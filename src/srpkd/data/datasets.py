@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import SrpkdError
+from .builtin import BuiltinPhotos
 from .images import is_image_file, list_images, load_image
 from .transforms import Transform
 
@@ -205,8 +207,6 @@ def build_dataset(mode: str, root=None, split: str = "train", direction: str = "
         raise SrpkdError(f"unknown dataset mode {mode!r}; choose one of: {', '.join(MODES)}")
     _check_direction(direction)
     if mode == "builtin":
-        from .builtin import BuiltinPhotos
-
         if root not in (None, "", "builtin"):
             raise SrpkdError(f"dataset mode 'builtin' takes no root folder, got {root}")
         return BuiltinPhotos(split, crop_size=crop_size, length=max_images, flip=flip, fixed=fixed)

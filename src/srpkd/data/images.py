@@ -14,6 +14,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import SrpkdError
+from ..files import atomic_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
@@ -92,8 +93,6 @@ def to_image(t: torch.Tensor) -> Image.Image:
 
 def save_image(t_or_img, path: str | os.PathLike) -> None:
     """Save atomically (PNG or JPEG by extension)."""
-    from ..checkpoint import atomic_path
-
     img = t_or_img if isinstance(t_or_img, Image.Image) else to_image(t_or_img)
     path = Path(path)
     fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"

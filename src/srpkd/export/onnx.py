@@ -27,12 +27,13 @@ import os
 import warnings
 from typing import Iterator, Sequence
 
+import onnx
 import torch
 import torch.nn as nn
 
-from ..errors import SrpkdError
-from ..inference import METADATA_KEY, OnnxRunner, export_metadata
-from . import ExportReport, check_parity, check_sizes, in_channels, parity_shapes, write_export
+from ..errors import SrpkdError, first_line
+from ..runtime import METADATA_KEY, OnnxRunner, export_metadata
+from .common import ExportReport, check_parity, check_sizes, in_channels, parity_shapes, write_export
 
 # The exporter implements opset 18 and newer; asked for less, it tries a down-conversion that
 # fails for these networks (Pad-18) and silently keeps 18. ONNX Runtime >= 1.14 runs opset 18.
@@ -68,8 +69,6 @@ def to_onnx(
     ``size`` is the traced input's (H, W): with ``dynamic=False`` it is the only shape the
     model accepts (batch 1); with ``dynamic=True`` batch, height and width are free.
     """
-    import onnx
-
     metadata = export_metadata(model)
     check_sizes(model, [size])
     if opset < MIN_OPSET:
@@ -92,7 +91,7 @@ def to_onnx(
             )
     except Exception as e:  # the exporter raises many types, with pages of text: keep one line
         logging.getLogger(__name__).debug("ONNX export failed", exc_info=True)
-        raise SrpkdError(f"ONNX export of {metadata['arch']} failed: {_first_line(e)}") from None
+        raise SrpkdError(f"ONNX export of {metadata['arch']} failed: {first_line(e)}") from None
     finally:
         model.train(was_training)
     if dynamic:
@@ -108,8 +107,26 @@ def to_onnx(
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:
-        raise SrpkdError(f"the exported ONNX model fails onnx.checker: {_first_line(e)}") from None
+        raise SrpkdError(f"the exported ONNX model fails onnx.checker: {first_line(e)}") from None
     return proto.SerializeToString()
+
+
+def build_onnx(
+    model: nn.Module,
+    size: tuple[int, int] = (256, 256),
+    dynamic: bool = True,
+    opset: int = DEFAULT_OPSET,
+    atol: float = 1e-4,
+) -> tuple[bytes, float, list[tuple[int, ...]]]:
+    """The checked export, in memory: :func:`to_onnx`, then run in ONNX Runtime against PyTorch on
+    :func:`~.common.parity_shapes`; raise if they differ by more than ``atol``.
+
+    Returns (serialized model, worst difference, checked shapes). ``srpkd export`` writes these
+    bytes; ``srpkd profile --runtime onnx`` times them; ``srpkd translate --runtime onnx`` runs them.
+    """
+    data = to_onnx(model, size, dynamic, opset)
+    shapes = parity_shapes(model, size, dynamic)
+    return data, verify(model, data, shapes, atol), shapes
 
 
 def to_verified_onnx(
@@ -119,7 +136,7 @@ def to_verified_onnx(
     opset: int = DEFAULT_OPSET,
     atol: float = 1e-4,
 ) -> bytes:
-    """:func:`to_onnx`, then run once in ONNX Runtime against PyTorch; raise if they differ by > ``atol``.
+    """The bytes of :func:`build_onnx`.
 
     Without ``size`` the check uses the smallest sizes the network takes (cheap), which is what
     ``srpkd translate --runtime onnx`` does with a PyTorch checkpoint.
@@ -127,9 +144,7 @@ def to_verified_onnx(
     if size is None:
         multiple = int(model.size_multiple)
         size = (max(64, multiple),) * 2
-    data = to_onnx(model, size, dynamic, opset)
-    verify(model, data, parity_shapes(model, size, dynamic), atol)
-    return data
+    return build_onnx(model, size, dynamic, opset, atol)[0]
 
 
 def verify(model: nn.Module, data: bytes, shapes: Sequence[Sequence[int]], atol: float) -> float:
@@ -150,17 +165,6 @@ def export_onnx(
 
     If any check fails nothing is written (an existing file is left as it was).
     """
-    def build() -> tuple[bytes, float, list[tuple[int, ...]]]:
-        data = to_onnx(model, size, dynamic, opset)
-        shapes = parity_shapes(model, size, dynamic)
-        return data, verify(model, data, shapes, atol), shapes
-
-    report = write_export(path, "onnx", build, overwrite)
+    report = write_export(path, "onnx", lambda: build_onnx(model, size, dynamic, opset, atol), overwrite)
     report.details.update(opset=opset, dynamic=dynamic)
     return report
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-

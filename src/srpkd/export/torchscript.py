@@ -20,9 +20,9 @@ import warnings
 import torch
 import torch.nn as nn
 
-from ..errors import SrpkdError
-from ..inference import METADATA_FILE, TorchScriptRunner, export_metadata
-from . import ExportReport, check_parity, check_sizes, in_channels, parity_shapes, write_export
+from ..errors import SrpkdError, first_line
+from ..runtime import METADATA_FILE, TorchScriptRunner, export_metadata
+from .common import ExportReport, check_parity, check_sizes, in_channels, parity_shapes, write_export
 
 
 def to_torchscript(model: nn.Module, size: tuple[int, int] = (256, 256)) -> bytes:
@@ -42,10 +42,7 @@ def to_torchscript(model: nn.Module, size: tuple[int, int] = (256, 256)) -> byte
             torch.jit.save(traced, buffer, _extra_files={METADATA_FILE: json.dumps(metadata)})
     except Exception as e:  # tracing can fail in many ways; keep one line
         logging.getLogger(__name__).debug("TorchScript export failed", exc_info=True)
-        text = str(e).strip()
-        raise SrpkdError(
-            f"TorchScript export of {metadata['arch']} failed: {text.splitlines()[0] if text else type(e).__name__}"
-        ) from None
+        raise SrpkdError(f"TorchScript export of {metadata['arch']} failed: {first_line(e)}") from None
     finally:
         model.train(was_training)
     return buffer.getvalue()

@@ -20,7 +20,6 @@ Inception resize. Features of real sets are cached by content hash.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -30,12 +29,18 @@ from typing import Any, Sequence
 
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from tqdm import tqdm
 
 from .. import run_folder
-from ..config import check_task_data, task_for_data
+from ..assets import resolve_teacher
+from ..checkpoint import load_generator
+from ..config import check_task_data, load_config, task_for_data
+from ..data.datasets import build_dataset, check_same_size
 from ..errors import SrpkdError
 from . import image as image_metrics
 from .fid import FeatureCache, content_key, extract_features, fid_from_features, kid_from_features
+from .inception import inception
+from .perceptual import stlpips
 
 FORMAT = 1
 OTHER = {"AtoB": "BtoA", "BtoA": "AtoB"}
@@ -44,39 +49,14 @@ OTHER = {"AtoB": "BtoA", "BtoA": "AtoB"}
 # ----------------------------------------------------------------------------- helpers
 
 
-def resolve_device(device: str | None = "auto") -> torch.device:
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise SrpkdError("--device cuda requested but CUDA is not available")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise SrpkdError(f"unknown device {device!r}") from None
-
-
 def _progress(iterable, desc: str, enabled: bool, total: int | None = None):
     if not enabled:
         return iterable
-    from tqdm import tqdm
-
     return tqdm(iterable, desc=desc, total=total, unit="batch", leave=False, dynamic_ncols=True)
 
 
 def _finite(x: float) -> float | None:
     return x if isinstance(x, (int, float)) and math.isfinite(x) else None
-
-
-def write_json_atomic(path: str | os.PathLike, data: dict) -> Path:
-    from ..checkpoint import atomic_path
-
-    path = Path(path)
-    from ..report import _readable
-
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        _readable(tmp)
-    return path
 
 
 @dataclass
@@ -97,8 +77,6 @@ class Scorer:
 
     def __post_init__(self):
         if self.extractor is None:
-            from .inception import inception
-
             self.extractor = inception(self.device)
         if self.cache is None:
             self.cache = FeatureCache()
@@ -125,8 +103,6 @@ class Scorer:
 
 
 def _loader(dataset: Dataset, batch: int) -> DataLoader:
-    from ..data.datasets import check_same_size
-
     try:
         check_same_size(dataset)
     except SrpkdError:
@@ -156,8 +132,6 @@ def fidelity_metrics(student: torch.Tensor, teacher: torch.Tensor, scorer: Score
 
 @torch.no_grad()
 def perceptual_mean(a: torch.Tensor, b: torch.Tensor, scorer: Scorer) -> float | None:
-    from .perceptual import stlpips
-
     if min(a.shape[-2:]) < 32:
         return None
     model = stlpips(scorer.device)
@@ -191,8 +165,6 @@ def _data_desc(mode: str, side: str, size: int) -> str:
 
 def _test_data(mode: str, root, direction: str, test_split: str, train_split: str, size: int, max_images: int | None, task: str):
     """(inputs dataset, target present, real reference (dataset, files, desc, info) or None)."""
-    from ..data.datasets import build_dataset
-
     common = dict(load_size=size, crop_size=size, preprocess="resize", flip=False)
     if mode == "builtin":
         ds = build_dataset("builtin", None, split="test", crop_size=size, flip=False, max_images=max_images)
@@ -289,15 +261,11 @@ def evaluate_run(
     Flags override the run's config. For an unpaired run with
     ``student_B.safetensors`` both directions are scored.
     """
-    from ..checkpoint import load_generator
-
     target = Path(target)
     if not target.exists():
         raise SrpkdError(f"not found: {target}")
     cfg = None
     if target.is_dir() and (target / run_folder.CONFIG).is_file():
-        from ..config import load_config
-
         cfg = load_config(target / run_folder.CONFIG)
     student = load_generator(target)
     mode = mode or (cfg.data.mode if cfg else ("aligned" if data else "builtin"))
@@ -318,8 +286,6 @@ def evaluate_run(
     if mode in ("aligned", "unaligned", "single") and not root:
         raise SrpkdError(f"data mode {mode!r} needs a data folder (--data DIR)")
     scorer = scorer or Scorer()
-
-    from ..assets import resolve_teacher
 
     teacher_model = resolve_teacher(teacher_spec) if teacher_spec else None
     t0 = time.perf_counter()
@@ -359,8 +325,6 @@ def default_output(target: str | os.PathLike) -> Path:
 
 
 def _folder_dataset(folder, size: int | None, max_images: int | None):
-    from ..data.datasets import build_dataset
-
     preprocess = "resize" if size else "none"
     s = size or 256
     return build_dataset("single", folder, load_size=s, crop_size=s, preprocess=preprocess, flip=False, max_images=max_images)
@@ -387,8 +351,6 @@ def score_folders(
     every generated file has a real counterpart with the same file stem and
     size, PSNR and SSIM to it are reported too.
     """
-    from ..data.datasets import build_dataset
-
     scorer = scorer or Scorer()
     t0 = time.perf_counter()
     if (real is None) == (data is None):

@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from ..data.images import to_255
 from ..errors import SrpkdError
+from ..files import atomic_path
 
 KID_SUBSETS = 100
 KID_MAX_SUBSET = 1000
@@ -50,6 +52,7 @@ def feature_stats(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor) -> float:
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), >= 0."""
+    # lazy: torchmetrics takes over 1 s to import, and most srpkd commands never compute a FID
     from torchmetrics.image.fid import _compute_fid
 
     value = float(_compute_fid(mu1.double(), sigma1.double(), mu2.double(), sigma2.double()))
@@ -68,6 +71,7 @@ def kid_from_features(
     With ``subset_size`` equal to both set sizes every subset is the whole
     set, so one evaluation is made (standard deviation 0).
     """
+    # lazy: torchmetrics takes over 1 s to import, and most srpkd commands never compute a KID
     from torchmetrics.image.kid import poly_mmd
 
     a, b = a.double(), b.double()
@@ -136,8 +140,6 @@ class FeatureCache:
         path = self.path(key)
         if not path.is_file():
             return None
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path))["features"]
         except Exception:  # a damaged cache entry is recomputed, never fatal
@@ -146,10 +148,6 @@ class FeatureCache:
     def put(self, key: str, feats: torch.Tensor, info: dict | None = None) -> None:
         if not self.enabled:
             return
-        from safetensors.torch import save_file
-
-        from ..checkpoint import atomic_path
-
         try:
             with atomic_path(self.path(key)) as tmp:
                 save_file({"features": feats.float().contiguous()}, str(tmp), metadata={"info": json.dumps(info or {})})

@@ -61,6 +61,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor, quantize: bool = True, max_db: float 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, quantize: bool = True, reduction: str = "mean"):
     """Structural similarity on the 8-bit scale, in [-1, 1] (higher is better; 1 = identical)."""
+    # lazy: torchmetrics takes over 1 s to import; training imports this module for psnr only
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     a, b = _pair(a, b)

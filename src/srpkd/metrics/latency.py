@@ -6,23 +6,31 @@ milliseconds (on CUDA every pass is synchronised, and the peak memory of the
 timed passes is reported). A runtime that cannot run here (no compiler for
 torch.compile, an export failure, a missing provider) is reported as failed
 with its reason; it never stops the others.
+
+ONNX Runtime times the model ``srpkd export`` ships: the same exporter
+(:func:`srpkd.export.onnx.build_onnx`: dynamic axes, opset 18, checked
+against PyTorch to 1e-4 before it is used) and the same session builder
+(:func:`srpkd.runtime.onnx_session`). If that export fails, the runtime is
+reported as failed; there is no other exporter to fall back on.
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import os
+import copy
 import platform
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Callable
 
+import numpy as np
+import onnxruntime as ort
 import torch
 import torch.nn as nn
 
-from ..errors import SrpkdError
+from ..devices import device_name, resolve_device
+from ..errors import SrpkdError, first_line
+from ..export.onnx import DEFAULT_OPSET, build_onnx
+from ..models import count_macs, count_params
+from ..runtime import onnx_session
 
 RUNTIMES = ("eager", "compile", "onnx")
 
@@ -63,77 +71,18 @@ def time_callable(fn: Callable[[], object], warmup: int, runs: int, sync: Callab
     return times
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return cpu_name()
-
-
 def _reason(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    first = next((t for t in text if t.strip()), "")
-    return f"{type(e).__name__}: {first[:300]}" if first else type(e).__name__
-
-
-def export_onnx(model: nn.Module, path: str | os.PathLike, size: int, device: torch.device) -> None:
-    """Export with the project's exporter when there is one, else a plain ``torch.onnx.export``."""
-    try:
-        from ..export import onnx as project_onnx  # type: ignore[attr-defined]
-    except ImportError:
-        project_onnx = None
-    fn = getattr(project_onnx, "export_onnx", None) if project_onnx else None
-    if fn is not None:
-        try:
-            fn(model, path, size=size)
-            return
-        except TypeError:  # a different signature: fall back to the plain export below
-            pass
-    import logging
-    import warnings
-
-    x = torch.randn(1, 3, size, size, device=device)
-    loggers = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript", "torch.onnx", "torch.export")]
-    levels = [lg.level for lg in loggers]
-    try:
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["output"], dynamo=True, verbose=False)
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
-def _onnx_session(path: Path, threads: int, device: torch.device):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if device.type == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise RuntimeError("onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
-        providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
-    else:
-        providers = ["CPUExecutionProvider"]
-    return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    """One line: an SrpkdError's own message, anything else prefixed with its type."""
+    if isinstance(e, SrpkdError):
+        return first_line(e)[:300]
+    text = str(e).strip()
+    return f"{type(e).__name__}: {first_line(e)[:300]}" if text else type(e).__name__
 
 
 def profile_runtime(model: nn.Module, runtime: str, size: int, device: torch.device, threads: int, warmup: int, runs: int) -> dict:
     """Latency of one runtime; ``{"ok": False, "error": ...}`` when it cannot run."""
+    if runtime not in RUNTIMES:
+        raise SrpkdError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
     cuda = device.type == "cuda"
     sync = (lambda: torch.cuda.synchronize(device)) if cuda else None
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
@@ -154,15 +103,12 @@ def profile_runtime(model: nn.Module, runtime: str, size: int, device: torch.dev
                     sync()
                 out["compile_s"] = time.perf_counter() - t0
                 times = time_callable(lambda: compiled(x), warmup, runs, sync)
-        elif runtime == "onnx":
-            import onnxruntime as ort
-
-            with tempfile.TemporaryDirectory(prefix="srpkd-onnx-") as tmp:
-                path = Path(tmp) / "model.onnx"
-                t0 = time.perf_counter()
-                export_onnx(model, path, size, device)
-                out["export_s"] = time.perf_counter() - t0
-                session = _onnx_session(path, threads, device)
+        else:  # onnx
+            t0 = time.perf_counter()
+            data, diff, _ = build_onnx(_on_cpu(model), (size, size))
+            out["export_s"] = time.perf_counter() - t0
+            out["export"] = {"opset": DEFAULT_OPSET, "dynamic": True, "max_abs_diff": diff}
+            session = onnx_session(data, threads=threads, device=device)
             name = session.get_inputs()[0].name
             if cuda:  # bind the input on the GPU so the timing excludes host copies, like eager
                 binding = session.io_binding()
@@ -175,11 +121,7 @@ def profile_runtime(model: nn.Module, runtime: str, size: int, device: torch.dev
                 times = time_callable(lambda: session.run(None, feed), warmup, runs)
             out["providers"] = session.get_providers()
             out["version"] = ort.__version__
-        else:
-            raise SrpkdError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
-    except SrpkdError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a runtime failing is a result, not a crash
+    except Exception as e:  # noqa: BLE001 - a runtime failing (its export included) is a result, not a crash
         out["error"] = _reason(e)
         return out
     out.update(ok=True, **summarize(times))
@@ -188,9 +130,15 @@ def profile_runtime(model: nn.Module, runtime: str, size: int, device: torch.dev
     return out
 
 
-def _np_dtype(t: torch.Tensor):
-    import numpy as np
+def _on_cpu(model: nn.Module) -> nn.Module:
+    """``model`` itself on the CPU, else a CPU copy: the export's parity check runs ONNX Runtime on the
+    CPU against PyTorch, which must not be a GPU's (TF32 convolutions differ by more than 1e-4)."""
+    if all(p.device.type == "cpu" for p in model.parameters()):
+        return model
+    return copy.deepcopy(model).cpu()
 
+
+def _np_dtype(t: torch.Tensor):
     return {torch.float32: np.float32, torch.float16: np.float16}[t.dtype]
 
 
@@ -206,11 +154,7 @@ def profile_model(
     source: str | None = None,
 ) -> dict:
     """Parameters, MACs and per-runtime latency of a generator at batch 1."""
-    from ..models import count_macs, count_params
-
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SrpkdError("--device cuda requested but CUDA is not available")
+    device = resolve_device(device)
     multiple = getattr(model, "size_multiple", 4)
     if size <= 0 or size % multiple:
         raise SrpkdError(f"--size must be a positive multiple of {multiple}, got {size}")
@@ -238,7 +182,7 @@ def profile_model(
             "threads": torch.get_num_threads() if device.type == "cpu" else threads or None,
             "warmup": warmup,
             "runs": runs,
-            "versions": _versions(),
+            "versions": runtime_versions(),
             "runtimes": {},
         }
         model = model.to(device)
@@ -249,14 +193,9 @@ def profile_model(
         torch.set_num_threads(previous_threads)
 
 
-def _versions() -> dict:
-    v = {"python": platform.python_version(), "torch": torch.__version__}
-    try:
-        import onnxruntime
-
-        v["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        v["onnxruntime"] = None
+def runtime_versions() -> dict:
+    """Versions of Python, PyTorch, ONNX Runtime (and CUDA) that a latency depends on."""
+    v = {"python": platform.python_version(), "torch": torch.__version__, "onnxruntime": ort.__version__}
     if torch.cuda.is_available():
         v["cuda"] = torch.version.cuda
     return v

@@ -26,13 +26,13 @@ lower = more similar.
 """
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..assets import asset_path
 from ..errors import SrpkdError
 from .shared import per_device
 
@@ -96,24 +96,8 @@ class _Scaling(nn.Module):
 
 
 def locate_stlpips_weights() -> Path:
-    """The ST-LPIPS AlexNet weight file, found without importing its package."""
-    try:
-        from ..assets import stlpips_weights_dir
-    except ImportError:
-        stlpips_weights_dir = None
-    candidates = []
-    if stlpips_weights_dir is not None:
-        candidates.append(Path(stlpips_weights_dir()) / "alex_shift_tolerant.pth")
-    spec = importlib.util.find_spec("stlpips_pytorch")
-    for loc in (spec.submodule_search_locations or []) if spec else []:
-        candidates.append(Path(loc) / "weights" / "vST0.0" / "alex_shift_tolerant.pth")
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise SrpkdError(
-        "the ST-LPIPS weights are not installed: pip install --no-deps stlpips-pytorch "
-        "(srpkd reads only its file weights/vST0.0/alex_shift_tolerant.pth)"
-    )
+    """The ST-LPIPS AlexNet weight file of the installed stlpips-pytorch, found without importing it."""
+    return asset_path("stlpips_pytorch", "weights/vST0.0/alex_shift_tolerant.pth")
 
 
 class STLPIPS(nn.Module):

@@ -10,6 +10,7 @@ import warnings
 
 import torch
 import torch.nn as nn
+from torchprofile import profile_macs
 
 
 def count_params(model: nn.Module) -> int:
@@ -17,8 +18,6 @@ def count_params(model: nn.Module) -> int:
 
 
 def count_macs(model: nn.Module, size: int | tuple[int, int] = 256, in_channels: int = 3) -> int:
-    from torchprofile import profile_macs
-
     h, w = (size, size) if isinstance(size, int) else size
     was_training = model.training
     model.eval()

@@ -28,7 +28,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..checkpoint import load_state_strict
 from ..errors import SrpkdError
+from .registry import create_generator, list_models
 
 STATS = ("running_mean", "running_var", "num_batches_tracked")
 _CONTAINERS = ("state_dict", "model", "generator", "netG", "G", "params")
@@ -154,9 +156,6 @@ def convert_state(state: dict, arch: str | None = None, source: str | os.PathLik
     ``arch`` and keyword ``overrides`` (``ngf``, ``norm``, ``dropout``...) replace
     what is inferred from the keys; a mismatch with the tensors is one clear error.
     """
-    from ..checkpoint import load_state_strict
-    from .registry import create_generator, list_models
-
     try:
         found, mapping = infer_layout(state)
     except SrpkdError as e:

@@ -24,15 +24,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import run_folder
+from .. import devices, run_folder
 from ..checkpoint import save_generator
 from ..config import Config, save_config
 from ..errors import SrpkdError
 from . import dist
 from .data import (SeededDataset, batches_per_epoch, check_train_sizes, eval_batch, is_deterministic, iterate,
                    run_dataset)
-from .runlog import RunLog, make_run_dir, truncate_log
 from .budget import TimeBudget
+from .runlog import RunLog, make_run_dir, truncate_log
 from .schedule import Schedule
 from .state import restore_generators, restore_training_state, save_training_state
 from .tasks import build_task, check_task
@@ -49,14 +49,8 @@ class NonFiniteLoss(SrpkdError):
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise SrpkdError(f"device {name} requested but CUDA is not available")
-        if name == "cuda" and dist.env_world_size() > 1:
-            name = f"cuda:{dist.local_rank()}"
-    return torch.device(name)
+    """:func:`srpkd.devices.resolve_device`, with this torchrun process's GPU for a bare ``cuda``."""
+    return devices.resolve_device(name, dist.local_rank() if dist.env_world_size() > 1 else None)
 
 
 def seed_everything(seed: int) -> None:

@@ -36,7 +36,8 @@ class RunLog:
     def open_tensorboard(self) -> None:
         if not self.active:
             return
-        try:  # imported here: tensorboard is slow to import and may be missing or broken; the run works without it
+        try:
+            # imported here: tensorboard is slow to import and may be missing or broken; the run works without it
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(self.run_dir / run_folder.TENSORBOARD))

@@ -1,0 +1,124 @@
+"""Atomic file writes: every file srpkd writes goes through :func:`atomic_path`.
+
+The data is written to a temporary file in the target's folder, flushed to
+disk and renamed over the target, so a crash leaves either the old file or the
+new one, never half of one; the temporary file a killed writer leaves behind is
+removed by the next write into that folder. The result gets the permissions
+``open()`` would give it (0666 & ~umask), not the temporary file's 0600.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import SrpkdError
+
+_TAG = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname() or "host")[:32]
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that killed writers left in ``folder``.
+
+    Temporary names carry the writer's host and process id
+    (``.NAME.<host>-<pid>.XXXXXXXX.tmp``); a file of this host whose process no
+    longer exists can only be the remains of a crash (SIGKILL, power loss)
+    during a write. Files of live processes, of other hosts and of other
+    programs are left alone. Called on every atomic write into the folder.
+    """
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        if not (name.startswith(".") and name.endswith(".tmp")):
+            continue
+        parts = name.rsplit(".", 3)
+        if len(parts) != 4 or "-" not in parts[1]:
+            continue
+        host, pid = parts[1].rsplit("-", 1)
+        if host != _TAG or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive (or a reused pid): leave it
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue  # e.g. PermissionError: the process exists
+        try:
+            os.unlink(os.path.join(folder, name))
+            removed.append(Path(folder) / name)
+        except OSError:
+            pass
+    return removed
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (POSIX); a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it over ``path``.
+
+    On any error the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_TAG}-{os.getpid()}.", suffix=".tmp", dir=parent)
+    except OSError as e:
+        blocker = next((a for a in [parent, *parent.parents] if a.exists() and not a.is_dir()), None)
+        if blocker is not None:  # mkdir says "File exists" when a parent is a regular file
+            raise SrpkdError(f"cannot write {path}: {blocker} is a file, not a folder") from None
+        raise SrpkdError(f"cannot write {path}: {e.strerror or e}") from None
+    remove_stale_temps(parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        # mkstemp makes the file 0600 (and writers such as safetensors may recreate it):
+        # give the result the permissions open() would, 0666 & ~umask
+        os.chmod(tmp, 0o666 & ~_umask())
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(parent)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise SrpkdError(f"cannot write {path}: {e.strerror or e}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """Write ``data`` as indented JSON (with a final newline) atomically; return the path."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+    return path
