@@ -41,6 +41,7 @@ import torch
 
 from srpkd import create_generator, save_generator
 from srpkd.checkpoint import load_generator, load_tensors, save_tensors
+from srpkd.config import load_config
 
 from conftest import write_image
 
@@ -201,7 +202,7 @@ def check_after_crash(run: Path, must_exist: bool = True) -> int | None:
     assert meta["kind"] == "training"
     assert 1 <= meta["step"] <= STEPS
     g = load_generator(last)
-    assert g.arch == "resnet_9blocks"
+    assert g.arch == load_config(run / "config.yaml").student.arch  # the configured student, rebuilt
     return meta["step"]
 
 

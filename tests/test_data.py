@@ -211,7 +211,7 @@ def test_build_dataset_modes_and_errors(aligned_dir, unaligned_dir):
     assert len(build_dataset("aligned", aligned_dir, "train", max_images=3, **common)) == 3
     assert len(build_dataset("unaligned", unaligned_dir, "train", serial=True, **common)) == 4
     assert len(build_dataset("single", unaligned_dir / "testB", **common)) == 2
-    assert len(build_dataset("builtin", None, "test", crop_size=32)) == 16
+    assert len(build_dataset("builtin", None, "test", crop_size=32)) == 48
     batch = next(iter(DataLoader(build_dataset("aligned", aligned_dir, "train", **common), batch_size=4)))
     assert batch["A"].shape == batch["B"].shape == (4, 3, 32, 32)
     with pytest.raises(SrpkdError, match="unknown dataset mode 'paired'; choose one of: aligned, unaligned, single"):
@@ -255,17 +255,17 @@ def test_builtin_fixed_and_test_sets_are_repeatable():
     t1 = BuiltinPhotos("test", crop_size=64)
     torch.manual_seed(123)  # the global seed does not matter for the test set
     t2 = BuiltinPhotos("test", crop_size=64, flip=True)
-    assert len(t1) == 16 and t1.deterministic
-    assert all(torch.equal(t1[i]["A"], t2[i]["A"]) and t1[i]["A_path"] == t2[i]["A_path"] for i in range(16))
-    assert len({t1[i]["A"].numpy().tobytes() for i in range(16)}) == 16
+    assert len(t1) == 48 and t1.deterministic
+    assert all(torch.equal(t1[i]["A"], t2[i]["A"]) and t1[i]["A_path"] == t2[i]["A_path"] for i in range(48))
+    assert len({t1[i]["A"].numpy().tobytes() for i in range(48)}) == 48
     # held out by photo: the three splits share no photo (chelsea and skimage's cat are the same picture)
     assert not (set(TEST_PHOTOS) & set(TRAIN_PHOTOS) or set(VAL_PHOTOS) & set(TRAIN_PHOTOS + TEST_PHOTOS))
     assert "cat" not in TRAIN_PHOTOS + VAL_PHOTOS
-    assert {t1[i]["A_path"].split("#")[0] for i in range(16)} == {f"builtin:{n}" for n in TEST_PHOTOS}
+    assert {t1[i]["A_path"].split("#")[0] for i in range(48)} == {f"builtin:{n}" for n in TEST_PHOTOS}
     v = BuiltinPhotos("val", crop_size=64)
-    assert len(v) == 16 and v.deterministic and not v.flip
-    assert {v[i]["A_path"].split("#")[0] for i in range(16)} == {f"builtin:{n}" for n in VAL_PHOTOS}
-    assert not any(torch.equal(v[i]["A"], t1[i]["A"]) for i in range(16))
+    assert len(v) == 48 and v.deterministic and not v.flip
+    assert {v[i]["A_path"].split("#")[0] for i in range(48)} == {f"builtin:{n}" for n in VAL_PHOTOS}
+    assert not any(torch.equal(v[i]["A"], t1[i]["A"]) for i in range(48))
 
 
 def test_builtin_photos_are_real_colour_photos():

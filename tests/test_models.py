@@ -44,6 +44,11 @@ def test_resnet_tap_layout():
     assert feats["encoder"].shape == (1, 32, 16, 16)
     assert feats["block9"].shape == (1, 32, 16, 16)
     assert feats["up2"].shape == (1, 8, 64, 64)
+    # "body" names the last residual block whatever the depth
+    for arch, last in (("resnet_9blocks", "block9"), ("resnet_6blocks", "block6")):
+        g = create_generator(arch, ngf=4)
+        _, feats = g(torch.randn(1, 3, 32, 32), taps=["body", last])
+        assert torch.equal(feats["body"], feats[last])
 
 
 def test_unet_encoder_level_is_configurable():

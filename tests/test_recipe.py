@@ -108,6 +108,15 @@ def test_time_budget_resumes_with_the_time_already_spent(tmp_path, monkeypatch):
     assert resumed_for < 5.0 - spent + 10.0  # not a fresh 5 s budget on top of set-up
 
 
+def test_steps_on_the_command_line_beat_a_presets_time(tmp_path):
+    """The main preset trains for optim.time; --steps N (without --time) trains for N steps."""
+    teacher = tiny_teacher(tmp_path / "t.safetensors")
+    assert main(["distill", "--teacher", str(teacher), "--size", "32", "--steps", "3", "--batch-size", "2",
+                 "--name", "s", "--out-dir", str(tmp_path), "--set", "data.max_images=4",
+                 "--set", "log_every=20", "--set", "loss.feat_taps=[encoder]", *TINY]) == 0
+    assert [r["step"] for r in read_log(tmp_path / "s") if "lr" in r] == [3]  # not re-planned for the preset's 510 s
+
+
 def test_time_option_must_be_a_duration(capsys):
     assert main(["distill", "--time", "soon"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -135,6 +135,7 @@ class Config:
     keep_last: int = 3
     eval_every: int = 0  # validation for the "best" checkpoint; 0: only at the end
     eval_images: int = 16
+    eval_test: bool = False  # with data.val_split: measure the test split too at every validation (quality curves)
     cache_teacher: bool = True  # reuse teacher outputs/features when the data are deterministic
     channels_last: bool = False
     compile: bool = False

@@ -73,6 +73,8 @@ def flag_overrides(args) -> list[str]:
         ("data.crop_size", args.size), ("name", args.name), ("out_dir", args.out_dir),
         ("deterministic", args.deterministic), ("seed", args.seed), ("device", args.device),
     ]
+    if args.time is None and (args.steps is not None or args.epochs is not None):
+        pairs.append(("optim.time", 0))  # a step or epoch count given on the command line beats a preset's time
     out = []
     for key, value in pairs:
         if value is not None:

@@ -26,7 +26,7 @@ raised for photos smaller than the crop), resized bicubically.
   drawn from torch's global generator); photo ``i % 7`` for index ``i``.
 - ``split="train", fixed=True``: ``length`` crops drawn once from ``seed``, the
   same on every access, so teacher outputs can be cached.
-- ``split="val"`` / ``"test"``: ``length`` (16) crops drawn from a constant seed,
+- ``split="val"`` / ``"test"``: ``length`` (48) crops drawn from a constant seed,
   never flipped: the same evaluation set on every machine and run.
 """
 from __future__ import annotations
@@ -86,7 +86,7 @@ class BuiltinPhotos(Dataset):
         self.split, self.crop_size, self.scale = split, crop_size, scale
         self.names = SPLITS[split]
         self.photos = [load_photo(n) for n in self.names]
-        self.length = length or (256 if split == "train" else 16)
+        self.length = length or (256 if split == "train" else 48)
         self.flip = flip and split == "train"
         self.fixed = fixed or split != "train"
         self.crops = None

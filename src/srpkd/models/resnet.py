@@ -2,8 +2,8 @@
 
 stem (reflect pad, 7x7 conv) -> down1, down2 (3x3 stride 2) -> n residual
 blocks -> up1, up2 (3x3 transposed, stride 2) -> head (7x7 conv, tanh).
-Taps: ``stem``, ``down1``, ``down2`` (alias ``encoder``), ``block1``..``blockN``,
-``up1``, ``up2``.
+Taps: ``stem``, ``down1``, ``down2`` (alias ``encoder``), ``block1``..``blockN``
+(``blockN`` alias ``body``), ``up1``, ``up2``.
 
 ``skip_resnet_9blocks`` is this project's student with a global skip: its head
 sees the input image beside the decoder's features (``input_skip``), so the
@@ -50,7 +50,6 @@ class ResnetBlock(nn.Module):
 
 
 class ResnetGenerator(Generator):
-    tap_aliases = {"encoder": "down2"}
     size_multiple = 4
 
     def __init__(
@@ -85,6 +84,7 @@ class ResnetGenerator(Generator):
         self.input_skip = input_skip
         head_in = ngf + (in_channels if input_skip else 0)
         self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(head_in, out_channels, 7), nn.Tanh())
+        self.tap_aliases = {"encoder": "down2", "body": f"block{n_blocks}"}  # body: the last residual block
         self.tap_channels = {"stem": ngf, "down1": ngf * 2, "down2": ngf * 4}
         self.tap_channels.update({f"block{i + 1}": ngf * 4 for i in range(n_blocks)})
         self.tap_channels.update({"up1": ngf * 2, "up2": ngf})

@@ -128,7 +128,11 @@ class Trainer:
         self.total_steps = cfg.optim.steps or cfg.optim.epochs * self.bpe or INITIAL_PLAN
         self.val_set = None
         if cfg.data.val_split:
-            self.val_set = SeededDataset(run_dataset(cfg, cfg.data.val_split, train=False), cfg.seed)
+            try:
+                self.val_set = SeededDataset(run_dataset(cfg, cfg.data.val_split, train=False), cfg.seed)
+            except SrpkdError as e:
+                log.warning(f"no validation split ({e}); the last student is kept and validation uses the "
+                            f"held-out set")
         try:
             test_set = run_dataset(cfg, cfg.data.test_split, train=False)
         except SrpkdError as e:
@@ -186,6 +190,8 @@ class Trainer:
     def _validate(self, epoch: int) -> None:
         ev = self.evaluate()
         metric = ev.pop("metric", None)
+        if self.test is not None and self.cfg.eval_test:
+            ev.update({k: v for k, v in self.test.evaluate().items() if k != "metric"})
         self.runlog.write_validation(self.step, epoch, self.elapsed(), ev)
         self.last_eval = ev
         if metric is not None and (self.best is None or metric < self.best["value"]):

@@ -1,0 +1,256 @@
+"""Time to quality: how close to its teacher a student gets per minute of CPU training, per recipe.
+
+    python benchmarks/time_to_quality.py [TASK] [--recipes default old ...] [--seeds 0 1 2]
+        [--time SECONDS] [--students r16 ...] [--threads N] [--out runs/ttq] [--quick]
+
+TASK:
+
+* ``main`` (default): the main job (``srpkd distill`` with the ``main`` preset: the vintagify
+  teacher on the built-in photos, 128 px). Held out: the built-in test photos (coffee, chelsea,
+  zidane); the best checkpoint is chosen on the val photos.
+* ``real_teacher``: the same teacher on 128 px crops of real photos from ``../shared/data``:
+  train on facades_unpaired/trainA and the photo halves of edges2shoes_subset/train; held out:
+  facades_unpaired/testA, the photo halves of edges2shoes_subset/val and the 24 Kodak photos.
+  Students (``--students``): r16 / r32 (the paper's ResNet-9 ngf 16 / 32), m16 (mobile ngf 16),
+  s16 (this project's skip_resnet_9blocks ngf 16).
+
+Each (recipe, student, seed) is one real ``srpkd distill`` run in a subprocess with the recipe's
+``--set`` overrides and ``--time``; with ``eval_test=true`` the loop measures PSNR to the teacher on
+the held-out photos at every validation, which gives the curve against wall time (the run's own
+clock, teacher cache included). At the end the student's ST-LPIPS to the teacher (and the copy's)
+is measured on the same held-out crops. Resumable: a finished run (``ttq.json`` in its folder) is
+skipped; a stopped one starts again.
+
+Results: ``OUT/TASK/results.json``, ``results.md`` (final figures, mean +- sample std over seeds,
+copy-the-input baseline beside them) and ``curves.png`` (PSNR to the teacher against minutes, one
+line per run, the copy baseline drawn in).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from srpkd.assets import resolve_teacher  # noqa: E402
+from srpkd.checkpoint import load_generator  # noqa: E402
+from srpkd.config import load_config  # noqa: E402
+from srpkd.data.images import list_images  # noqa: E402
+from srpkd.devices import cpu_name  # noqa: E402
+from srpkd.metrics.image import psnr  # noqa: E402
+from srpkd.metrics.perceptual import perceptual_distance  # noqa: E402
+from srpkd.train.data import SeededDataset, eval_batch, run_dataset  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SRPKD_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+# Recipes, as --set overrides of the task's preset. "default" is the preset as shipped.
+RECIPES: dict[str, dict] = {
+    "default": {},
+    # the main preset before issue 13: plain ResNet, GAN recipe optimiser, linear decay, no feature KD
+    "old": {"student.arch": "resnet_9blocks", "optim.lr": 2e-4, "optim.beta1": 0.5, "optim.schedule": "linear",
+            "optim.warmup": 0.0, "loss.feat": 0.0, "loss.gan_start": 0.0},
+    "no_feat": {"loss.feat": 0.0},  # output KD + relation loss (+ GAN) only
+    "no_gan": {"loss.gan": 0.0},  # KD terms only, no discriminator at all
+    "gan_all": {"loss.gan_start": 0.0},  # no KD-only warm-up
+    "no_srp": {"loss.srp": 0.0},  # without the paper's relation term
+    "plain_resnet": {"student.arch": "resnet_9blocks"},  # the paper's student, same recipe
+    "const_lr": {"optim.schedule": "linear", "optim.decay_fraction": 0.0, "optim.warmup": 0.0},
+}
+STUDENTS = {
+    "r16": {"student.arch": "resnet_9blocks", "student.ngf": 16},
+    "r32": {"student.arch": "resnet_9blocks", "student.ngf": 32},
+    "m16": {"student.arch": "mobile_resnet_9blocks", "student.ngf": 16},
+    "s16": {"student.arch": "skip_resnet_9blocks", "student.ngf": 16},
+}
+
+
+def log(msg: str) -> None:
+    print(f"[ttq {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def prepare_real_teacher_data(out: Path, size: int) -> Path:
+    """A CycleGAN-layout folder of real photos, each a centre square resized to ``size`` px (PNG).
+
+    trainA: facades_unpaired/trainA and the photo halves of the first 400 edges2shoes_subset/train
+    pairs; valA (chooses the best checkpoint): the first 20 of facades_unpaired/testA and of
+    edges2shoes_subset/val; testA (the figures): the rest of those and the 24 Kodak photos.
+    The B folders link to the A ones (teacher_only reads only A; the layout needs B).
+    """
+    root = out / f"data_{size}"
+    if (root / ".done").is_file():
+        return root
+    for need in ("facades_unpaired", "edges2shoes_subset", "kodak"):
+        if not (SHARED / need).is_dir():
+            raise SystemExit(f"time_to_quality: {SHARED / need} not found (real_teacher needs ../shared/data)")
+    shutil.rmtree(root, ignore_errors=True)
+
+    def add(split: str, photos: list[Path], prefix: str, halves: bool = False) -> None:
+        d = root / f"{split}A"
+        d.mkdir(parents=True, exist_ok=True)
+        for p in photos:
+            img = Image.open(p).convert("RGB")
+            if halves:  # edges2shoes pairs: the photo is the left half
+                img = img.crop((0, 0, img.width // 2, img.height))
+            side = min(img.size)
+            left, top = (img.width - side) // 2, (img.height - side) // 2
+            img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+            img.save(d / f"{prefix}_{p.stem}.png")
+
+    facades_test = list_images(SHARED / "facades_unpaired" / "testA")
+    shoes_test = list_images(SHARED / "edges2shoes_subset" / "val")
+    add("train", list_images(SHARED / "facades_unpaired" / "trainA"), "facades")
+    add("train", list_images(SHARED / "edges2shoes_subset" / "train")[:400], "shoes", halves=True)
+    add("val", facades_test[:20], "facades")
+    add("val", shoes_test[:20], "shoes", halves=True)
+    add("test", facades_test[20:], "facades")
+    add("test", shoes_test[20:106], "shoes", halves=True)
+    add("test", list_images(SHARED / "kodak"), "kodak")
+    for split in ("train", "val", "test"):
+        (root / f"{split}B").symlink_to(f"{split}A")
+    (root / ".done").write_text("ok\n")
+    return root
+
+
+def task_overrides(task: str, out: Path, size: int) -> dict:
+    if task == "main":
+        return {}
+    data = prepare_real_teacher_data(out, size)
+    # the photos are already size x size: a deterministic preprocess, so the teacher cache is used
+    return {"data.mode": "unaligned", "data.root": str(data), "data.preprocess": "none", "data.crop_size": size,
+            "data.flip": False, "data.max_images": None, "data.val_split": "val", "eval_images": 128}
+
+
+def run_one(run_dir: Path, overrides: dict, seconds: float, threads: int) -> None:
+    sets = [a for k, v in overrides.items() for a in ("--set", f"{k}={json.dumps(v) if v is not None else 'null'}")]
+    cmd = [sys.executable, "-m", "srpkd", "distill", "--name", run_dir.name, "--out-dir", str(run_dir.parent),
+           "--time", f"{seconds:g}s", "--quiet", "--set", "eval_test=true", "--set", f"threads={threads}", *sets]
+    shutil.rmtree(run_dir, ignore_errors=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    log(" ".join(cmd[2:]))
+    subprocess.run(cmd, check=True, env=env)
+
+
+@torch.no_grad()
+def final_figures(run_dir: Path) -> dict:
+    """PSNR and ST-LPIPS to the teacher of the student and of a copy of the input, on the held-out crops."""
+    cfg = load_config(run_dir / "config.yaml")
+    ds = SeededDataset(run_dataset(cfg, cfg.data.test_split, train=False), cfg.seed)
+    batch = eval_batch(ds, cfg.eval_images, 4, cfg.student.arch)
+    x = batch["A"]
+    student = load_generator(run_dir / "student.safetensors").eval()
+    teacher = resolve_teacher(cfg.teacher.checkpoint).eval()
+    t = torch.cat([teacher(x[i:i + 8]) for i in range(0, len(x), 8)])
+    s = torch.cat([student(x[i:i + 8]) for i in range(0, len(x), 8)])
+    return {"images": len(x), "psnr": psnr(s, t), "copy_psnr": psnr(x, t),
+            "stlpips": perceptual_distance(s, t), "copy_stlpips": perceptual_distance(x, t)}
+
+
+def curve(run_dir: Path) -> list[tuple[float, float]]:
+    recs = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return [(r["time"] / 60, r["test/psnr_to_teacher"]) for r in recs if "test/psnr_to_teacher" in r]
+
+
+def summarise(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def write_results(tdir: Path, rows: list[dict], meta: dict) -> None:
+    (tdir / "results.json").write_text(json.dumps({"meta": meta, "runs": rows}, indent=1) + "\n")
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["recipe"], r["student"]), []).append(r)
+    lines = [f"# Time to quality: {meta['task']}, {meta['time_s']:g} s per run", "",
+             f"Machine: {meta['machine']}; {meta['threads']} thread(s) per run; {meta['command']}", "",
+             "| recipe | student | seeds | PSNR to teacher (dB) | copy of input (dB) | ST-LPIPS to teacher "
+             "| copy ST-LPIPS | steps |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (recipe, student), rs in groups.items():
+        lines.append(f"| {recipe} | {student} | {len(rs)} | {summarise([r['psnr'] for r in rs])} | "
+                     f"{rs[0]['copy_psnr']:.3f} | {summarise([r['stlpips'] for r in rs])} | "
+                     f"{rs[0]['copy_stlpips']:.4f} | {summarise([r['steps'] for r in rs])} |")
+    (tdir / "results.md").write_text("\n".join(lines) + "\n")
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, ((recipe, student), rs) in enumerate(groups.items()):
+        for j, r in enumerate(rs):
+            xs, ys = zip(*r["curve"]) if r["curve"] else ((), ())
+            ax.plot(xs, ys, color=colors[i % len(colors)], alpha=0.8, marker=".",
+                    label=f"{recipe} {student}" if j == 0 else None)
+    if rows:
+        ax.axhline(rows[0]["copy_psnr"], color="k", ls="--", label="copy of the input")
+    ax.set_xlabel("wall minutes (teacher cache included)")
+    ax.set_ylabel("PSNR to the teacher on held-out photos (dB)")
+    ax.set_title(f"time to quality: {meta['task']}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(tdir / "curves.png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("task", nargs="?", default="main", choices=["main", "real_teacher"])
+    ap.add_argument("--recipes", nargs="+", default=["default"], choices=list(RECIPES))
+    ap.add_argument("--students", nargs="+", default=None, choices=list(STUDENTS),
+                    help="real_teacher: students (default r16 r32 m16); main: the preset's student")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--time", type=float, default=None, help="seconds of run time (default: main 510, real 1800)")
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=Path("runs/ttq"))
+    ap.add_argument("--quick", action="store_true", help="smoke test: tiny student, a few seconds per run")
+    args = ap.parse_args(argv)
+    seconds = args.time or (510.0 if args.task == "main" else 1800.0)
+    students = args.students or (["r16", "r32", "m16"] if args.task == "real_teacher" else ["preset"])
+    tdir = args.out / args.task
+    tdir.mkdir(parents=True, exist_ok=True)
+    base = task_overrides(args.task, tdir, args.size)
+    if args.quick:
+        base.update({"student.ngf": 4, "data.max_images": 8, "eval_images": 4, "eval_every": 5,
+                     "discriminator.ndf": 8, "data.crop_size": 32, "loss.feat_taps": ["encoder"]})
+    rows = []
+    for recipe in args.recipes:
+        for student in students:
+            for seed in args.seeds:
+                run_dir = tdir / f"{recipe}_{student}_seed{seed}"
+                done = run_dir / "ttq.json"
+                if not done.is_file():
+                    over = {**base, **STUDENTS.get(student, {}), **RECIPES[recipe], "seed": seed}
+                    run_one(run_dir, over, seconds, args.threads)
+                    rec = {"recipe": recipe, "student": student, "seed": seed, **final_figures(run_dir),
+                           "curve": curve(run_dir),
+                           "steps": max(json.loads(x)["step"] for x in (run_dir / "log.jsonl").read_text().splitlines())}
+                    done.write_text(json.dumps(rec) + "\n")
+                rec = json.loads(done.read_text())
+                log(f"{recipe} {student} seed {seed}: PSNR {rec['psnr']:.2f} dB (copy {rec['copy_psnr']:.2f}), "
+                    f"ST-LPIPS {rec['stlpips']:.4f} (copy {rec['copy_stlpips']:.4f}), {rec['steps']} steps")
+                rows.append(rec)
+    meta = {"task": args.task, "time_s": seconds, "threads": args.threads, "size": args.size,
+            "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.platform()}, torch {torch.__version__}",
+            "command": "python benchmarks/time_to_quality.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    write_results(tdir, rows, meta)
+    log(f"results: {tdir / 'results.md'}, {tdir / 'curves.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
