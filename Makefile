@@ -1,6 +1,6 @@
 # Two commands set up a fresh machine and do the work:
 #   make run    install (pinned) and distil the built-in teacher into a student
-#   make test   install (pinned) and run the test suite
+#   make test   install (pinned), lint (ruff check) and run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
@@ -21,6 +21,7 @@ run: $(STAMP)
 	$(VENV)/bin/srpkd distill
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)

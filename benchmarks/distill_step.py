@@ -275,8 +275,9 @@ def main(argv: list[str] | None = None) -> int:
                 c.warm(args.warmup if not c.cfg.compile else max(args.warmup, 3))
                 ok.append(c)
             except Exception as e:  # noqa: BLE001 - e.g. torch.compile without a working compiler
+                first_line = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
                 rows.append({"variant": c.name, "size": c.size, "batch": c.batch,
-                             "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"})
+                             "error": f"{type(e).__name__}: {first_line}"})
         for i in range(args.rounds):
             progress(f"round {i + 1}/{args.rounds} of {', '.join(c.name for c in ok)}")
             for c in ok:

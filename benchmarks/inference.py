@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         red = f"{row['mac_reduction']:.1f}x" if "mac_reduction" in row else "-"
         sp = f"{row['speedup']:.1f}x" if "speedup" in row else "-"
         eff = f"{row['efficiency']:.2f}" if "efficiency" in row else "-"
-        print(f"{row['model']:<11}{row['runtime']:<8}{row['macs'] / 1e9:>8.2f}{row['median_ms']:>11.1f}{red:>10}{sp:>10}{eff:>7}")
+        print(f"{row['model']:<11}{row['runtime']:<8}{row['macs'] / 1e9:>8.2f}{row['median_ms']:>11.1f}"
+              f"{red:>10}{sp:>10}{eff:>7}")
     print(f"\n{info['device']} ({info['device_name']}), {args.threads} threads, {args.size} px, batch 1; "
           f"torch {info['versions']['torch']}, onnxruntime {info['versions'].get('onnxruntime')}; "
           f"load average {info['load_avg_before']} -> {info['load_avg_after']}, {info['date']}")

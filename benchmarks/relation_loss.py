@@ -92,7 +92,8 @@ def measure(ft, fs, method: str, repeats: int, device: torch.device) -> dict:
     cpu = (time.process_time() - cpu0) / repeats
     grad, fs.grad = fs.grad.clone(), None
     peak = peak_bytes(lambda: step(ft, fs, method), device)
-    return {"ms": 1e3 * statistics.median(times), "cpu_ms": 1e3 * cpu, "peak_mb": peak / 2**20, "loss": loss, "grad": grad}
+    return {"ms": 1e3 * statistics.median(times), "cpu_ms": 1e3 * cpu, "peak_mb": peak / 2**20,
+            "loss": loss, "grad": grad}
 
 
 def run_case(hw: int, c_t: int, c_s: int, args, device: torch.device) -> dict:
@@ -102,7 +103,8 @@ def run_case(hw: int, c_t: int, c_s: int, args, device: torch.device) -> dict:
     ft = torch.randn(1, c_t, side, side, generator=gen).relu().to(device)
     fs = torch.randn(1, c_s, side, side, generator=gen).to(device).requires_grad_()
     row = {"hw": hw, "c_t": c_t, "c_s": c_s, "device": str(device), "threads": torch.get_num_threads(),
-           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), "load_avg_1min": round(os.getloadavg()[0], 2)}
+           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+           "load_avg_1min": round(os.getloadavg()[0], 2)}
     fact = measure(ft, fs, "factorized", args.repeats, device)
     dense_gib = DENSE_MATRICES * hw**2 * 8 / 2**30
     if dense_gib > args.dense_budget_gib:

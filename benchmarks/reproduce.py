@@ -485,7 +485,8 @@ def write_results(tdir: Path, spec: dict, rows: list[dict], teachers: dict, meta
     for (ds, st) in dict.fromkeys((r["dataset"], r["student"]) for r in rows):
         lines.append(f"## {ds}, student {st}")
         lines.append("")
-        lines.append("| variant | n | " + " | ".join(f"{short(c)} {a}" for c, a in zip(cols, arrows)) + " | vs kd (ties = within seed std) |")
+        header = " | ".join(f"{short(c)} {a}" for c, a in zip(cols, arrows))
+        lines.append(f"| variant | n | {header} | vs kd (ties = within seed std) |")
         lines.append("|---|---|" + "---|" * len(cols) + "---|")
         for r in rows:
             if (r["dataset"], r["student"]) != (ds, st):
@@ -494,8 +495,8 @@ def write_results(tdir: Path, spec: dict, rows: list[dict], teachers: dict, meta
             verdict = ", ".join(f"{short(k)}: {v['verdict']}" for k, v in r["vs_kd"].items())
             if r["variant"] == "kd":
                 verdict = "(reference)"
-            lines.append(f"| {r['variant']} | {n} | " + " | ".join(fmt(c.split('.')[1], r["metrics"].get(c, {})) for c in cols)
-                         + f" | {verdict} |")
+            cells = " | ".join(fmt(c.split(".")[1], r["metrics"].get(c, {})) for c in cols)
+            lines.append(f"| {r['variant']} | {n} | {cells} | {verdict} |")
         lines.append("")
     (tdir / "results.md").write_text("\n".join(lines) + "\n")
 
@@ -648,7 +649,8 @@ def main(argv: list[str] | None = None) -> int:
                             keys, value = parse_override(item)
                             extra[".".join(keys)] = value
                         with disk_cache.active():
-                            dt = train_run(command, run_dir, {**o, **extra}, teachers[t_key] if command == "distill" else None)
+                            teacher = teachers[t_key] if command == "distill" else None
+                            dt = train_run(command, run_dir, {**o, **extra}, teacher)
                         de = eval_run(run_dir, args.test_images)
                         log(f"done {run_dir}: train {dt:.0f} s, eval {de:.0f} s")
                     per_seed.append(json.loads((run_dir / "metrics.json").read_text()))

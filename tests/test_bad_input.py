@@ -120,16 +120,18 @@ def foreign_pth(path: Path, ngf: int = 4) -> Path:
     class Block(nn.Module):
         def __init__(self, dim):
             super().__init__()
-            self.conv_block = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), nn.InstanceNorm2d(dim), nn.ReLU(True),
-                                            nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), nn.InstanceNorm2d(dim))
+            self.conv_block = nn.Sequential(
+                nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), nn.InstanceNorm2d(dim), nn.ReLU(True),
+                nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3), nn.InstanceNorm2d(dim),
+            )
 
     m = [nn.ReflectionPad2d(3), nn.Conv2d(3, ngf, 7), nn.InstanceNorm2d(ngf), nn.ReLU(True)]
     for mult in (1, 2):
         m += [nn.Conv2d(ngf * mult, ngf * mult * 2, 3, 2, 1), nn.InstanceNorm2d(ngf * mult * 2), nn.ReLU(True)]
     m += [Block(ngf * 4) for _ in range(9)]
     for mult in (4, 2):
-        m += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, 2, 1, output_padding=1), nn.InstanceNorm2d(ngf * mult // 2),
-              nn.ReLU(True)]
+        m += [nn.ConvTranspose2d(ngf * mult, ngf * mult // 2, 3, 2, 1, output_padding=1),
+              nn.InstanceNorm2d(ngf * mult // 2), nn.ReLU(True)]
     m += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, 7), nn.Tanh()]
     net = nn.Module()
     net.model = nn.Sequential(*m)
@@ -395,7 +397,8 @@ def _(t):
 
         mp.setattr(safetensors.torch, "save_file", save_file_then_enospc)
 
-    return Case(["import", str(p), str(out)], [str(out), "No space left"], intact={out: old}, no_tmp_in=[out.parent], setup=setup)
+    return Case(["import", str(p), str(out)], [str(out), "No space left"], intact={out: old}, no_tmp_in=[out.parent],
+                setup=setup)
 
 
 @row("import_disk_full_at_fsync")
@@ -409,7 +412,8 @@ def _(t):
     def setup(mp):
         mp.setattr(os, "fsync", enospc)
 
-    return Case(["import", str(p), str(out)], [str(out), "No space left"], intact={out: old}, no_tmp_in=[out.parent], setup=setup)
+    return Case(["import", str(p), str(out)], [str(out), "No space left"], intact={out: old}, no_tmp_in=[out.parent],
+                setup=setup)
 
 
 # -- `srpkd distill`: data, config, checkpoints, outputs, faults during the run
@@ -661,7 +665,8 @@ for _flag, _value, _key in [
             argv += [flag, value]
         return Case(argv, [key], absent=[t / "runs" / "r"])
 
-    row(f"distill_{_flag.strip('-').replace('-', '_')}_{_value.replace('=', '_').replace('.', '_').replace('-', 'minus')}")(_make)
+    _slug = _value.replace("=", "_").replace(".", "_").replace("-", "minus")
+    row(f"distill_{_flag.strip('-').replace('-', '_')}_{_slug}")(_make)
 
 
 @row("distill_size_not_a_multiple_of_4")
@@ -934,7 +939,8 @@ def test_bad_input_subprocess(name, tmp_path):
     case = ROWS[name](tmp_path)
     assert case.setup is None
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    r = subprocess.run([sys.executable, "-m", "srpkd", *case.argv], capture_output=True, text=True, env=env, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "srpkd", *case.argv],
+                       capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2, (r.returncode, r.stderr)
     check_one_error(r.returncode, r.stderr, case)
 

@@ -48,7 +48,8 @@ def test_distill_step_quick():
 
 
 def test_distill_step_rejects_unknown_variant():
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "distill_step.py"), "--quick", "--variants", "nope"],
+    script = ROOT / "benchmarks" / "distill_step.py"
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--variants", "nope"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2 and "unknown variant" in proc.stderr
 

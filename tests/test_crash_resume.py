@@ -220,7 +220,7 @@ def check_finished(w, run: Path) -> None:
     assert all(torch.equal(s_a[k], s_b[k]) for k in s_b)
     left = [str(p.relative_to(run)) for p in run.rglob(".*.tmp")]
     assert not left, f"temporary files left behind: {left}"
-    steps = [json.loads(l)["step"] for l in (run / "log.jsonl").read_text().splitlines() if '"lr"' in l]
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines() if '"lr"' in line]
     assert steps == list(range(1, STEPS + 1)), steps
 
 

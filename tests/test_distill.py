@@ -64,7 +64,8 @@ def test_tap_mismatch_names_tap_and_shapes():
     cfg = load_config("main", ["loss.srp=1"])
     t = create_generator("resnet_6blocks", ngf=8)
     with pytest.raises(TapMismatch, match=r"tap 'encoder' cannot be matched for the relation loss: teacher "
-                                          r"resnet_6blocks gives \(1, 32, 32, 32\), student unet_128 gives \(1, 16, 16, 16\) at 128x128"):
+                                          r"resnet_6blocks gives \(1, 32, 32, 32\), "
+                                          r"student unet_128 gives \(1, 16, 16, 16\) at 128x128"):
         KDTerms(cfg.loss, t, create_generator("unet_128", ngf=4))
     cfg = load_config("main", ["loss.srp=1", "loss.srp_taps=[block9]"])
     with pytest.raises(SrpkdError, match="teacher resnet_6blocks has no feature tap 'block9'"):

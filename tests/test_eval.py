@@ -28,7 +28,8 @@ class StubFeatures(nn.Module):
 
 @pytest.fixture
 def scorer(tmp_path):
-    return Scorer(extractor=StubFeatures(), cache=FeatureCache(tmp_path / "cache"), batch=2, progress=False, perceptual=False)
+    return Scorer(extractor=StubFeatures(), cache=FeatureCache(tmp_path / "cache"), batch=2, progress=False,
+                  perceptual=False)
 
 
 @pytest.fixture
@@ -44,13 +45,15 @@ def tiny(ngf=4, seed=0):
 
 def test_paired_protocol_with_teacher(aligned_dir, scorer):
     student, teacher = tiny(4, 0), tiny(8, 1)
-    r = evaluate_generator(student, task="paired", mode="aligned", root=aligned_dir, size=32, teacher=teacher, scorer=scorer)
+    r = evaluate_generator(student, task="paired", mode="aligned", root=aligned_dir, size=32, teacher=teacher,
+                           scorer=scorer)
     assert r["n_images"] == 2 and r["reference"]["count"] == 2 and not r["reference"]["cached"]
     for who in ("student", "teacher"):
         assert {"fid", "kid", "kid_std", "psnr", "ssim"} <= set(r[who])
         assert r[who]["fid"] >= 0 and r[who]["kid_subset_size"] == 2
     assert {"fid", "kid", "psnr", "l1"} <= set(r["fidelity"])
-    again = evaluate_generator(student, task="paired", mode="aligned", root=aligned_dir, size=32, teacher=teacher, scorer=scorer)
+    again = evaluate_generator(student, task="paired", mode="aligned", root=aligned_dir, size=32, teacher=teacher,
+                               scorer=scorer)
     assert again["reference"]["cached"] and again["student"]["fid"] == pytest.approx(r["student"]["fid"])
 
 
@@ -69,7 +72,8 @@ def test_unpaired_reference_is_target_train_plus_test(unaligned_dir, scorer):
     assert r["n_images"] == 2  # testA
     assert r["reference"]["count"] == 3 + 2  # trainB + testB
     assert "psnr" not in r["student"]  # no ground truth in unpaired data
-    r = evaluate_generator(tiny(), task="unpaired", mode="unaligned", root=unaligned_dir, direction="BtoA", size=32, scorer=scorer)
+    r = evaluate_generator(tiny(), task="unpaired", mode="unaligned", root=unaligned_dir, direction="BtoA", size=32,
+                           scorer=scorer)
     assert r["reference"]["count"] == 4 + 2  # trainA + testA
 
 
@@ -78,8 +82,8 @@ def write_run(tmp_path, root, task="paired", mode="aligned", both=False):
 
     teacher = tmp_path / "teacher.safetensors"
     save_generator(tiny(8, 1), teacher)
-    cfg = load_config(None, [f"task={task}", f"data.mode={mode}", f"data.root={root}", "data.crop_size=32", "data.load_size=36",
-                             f"teacher.checkpoint={teacher}", "optim.steps=1"]
+    cfg = load_config(None, [f"task={task}", f"data.mode={mode}", f"data.root={root}", "data.crop_size=32",
+                             "data.load_size=36", f"teacher.checkpoint={teacher}", "optim.steps=1"]
                       + ([f"teacher.checkpoint_B={teacher}"] if both else []))
     run = tmp_path / "runs" / "r"
     run.mkdir(parents=True)

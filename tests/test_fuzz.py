@@ -116,7 +116,8 @@ def test_load_image_random_bytes(data, ext):
 @given(
     data=st.binary(min_size=0, max_size=512),
     magic=st.sampled_from(
-        [b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0", b"BM", b"P6\n", b"II*\x00", b"MM\x00*", b"RIFF\x00\x00\x00\x00WEBPVP8 ", b"GIF89a"]
+        [b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0", b"BM", b"P6\n", b"II*\x00", b"MM\x00*",
+         b"RIFF\x00\x00\x00\x00WEBPVP8 ", b"GIF89a"]
     ),
 )
 def test_load_image_magic_then_garbage(data, magic):
@@ -247,7 +248,10 @@ records = st.fixed_dictionaries(
         "generators": json_values
         | st.dictionaries(
             st.sampled_from(["G.", "G_A."]),
-            st.fixed_dictionaries({"arch": st.sampled_from(ARCHS), "kwargs": st.dictionaries(st.sampled_from(KWARG_NAMES), kwarg_values, max_size=3)}),
+            st.fixed_dictionaries({
+                "arch": st.sampled_from(ARCHS),
+                "kwargs": st.dictionaries(st.sampled_from(KWARG_NAMES), kwarg_values, max_size=3),
+            }),
             max_size=2,
         ),
     },
@@ -282,11 +286,14 @@ def tensor_records(draw):
         end = draw(st.sampled_from([start + size, start, start - 1, 2**63]))
         rec = {"dtype": draw(st.sampled_from(DTYPES)), "shape": shape, "data_offsets": [start, end]}
         if draw(st.booleans()):
-            rec = draw(st.sampled_from([{"dtype": "F32"}, {"shape": [1]}, [], "x", {"dtype": "F32", "shape": [1], "data_offsets": [0]}]))
+            rec = draw(st.sampled_from(
+                [{"dtype": "F32"}, {"shape": [1]}, [], "x", {"dtype": "F32", "shape": [1], "data_offsets": [0]}]
+            ))
         header[name] = rec
         offset = max(offset, end if isinstance(end, int) and end < 2**20 else offset)
     if draw(st.booleans()):
-        header["__metadata__"] = {"srpkd": json.dumps({"format": 1, "kind": "generator", "arch": "resnet_6blocks", "kwargs": {"ngf": 1}})}
+        record = {"format": 1, "kind": "generator", "arch": "resnet_6blocks", "kwargs": {"ngf": 1}}
+        header["__metadata__"] = {"srpkd": json.dumps(record)}
     body = draw(st.binary(max_size=256))
     return safetensors_bytes(header, body)
 
@@ -407,7 +414,9 @@ yaml_scalars = st.one_of(
     st.integers(-(2**65), 2**65),
     st.floats(),
     st.text(max_size=10),
-    st.sampled_from([".nan", ".inf", "-.inf", "1e3", "0x10", "~", "[1, 2]", "{a: 1}", "yes", "'", "[", "!!python/none ''"]),
+    st.sampled_from(
+        [".nan", ".inf", "-.inf", "1e3", "0x10", "~", "[1, 2]", "{a: 1}", "yes", "'", "[", "!!python/none ''"]
+    ),
 )
 
 
@@ -416,7 +425,10 @@ yaml_scalars = st.one_of(
 def test_config_random_overrides(items):
     overrides = []
     for key, value in items:
-        overrides.append(f"{key}={value}" if isinstance(value, str) else f"{key}={json.dumps(value) if value == value else '.nan'}")
+        if isinstance(value, str):
+            overrides.append(f"{key}={value}")
+        else:
+            overrides.append(f"{key}={json.dumps(value) if value == value else '.nan'}")
     check_config(lambda: load_config(None, ["optim.steps=1", *overrides]))
 
 
@@ -461,7 +473,10 @@ def _dataset_constructors():
 @fuzz(40)
 @given(
     files=st.lists(
-        st.tuples(st.sampled_from(["0.png", "1.jpg", "2.bmp", "a.png", "b.jpg", "c.txt", ".hidden.png", "sub/d.png"]), st.binary(max_size=300)),
+        st.tuples(
+            st.sampled_from(["0.png", "1.jpg", "2.bmp", "a.png", "b.jpg", "c.txt", ".hidden.png", "sub/d.png"]),
+            st.binary(max_size=300),
+        ),
         max_size=5,
     ),
     mode=st.sampled_from(["aligned", "unaligned", "single"]),

@@ -7,11 +7,18 @@ from srpkd import SrpkdError, create_discriminator, create_generator, list_model
 from srpkd.cli.main import main
 from srpkd.models import count_macs, count_params
 
-GENERATORS = ["resnet_9blocks", "resnet_6blocks", "skip_resnet_9blocks", "mobile_resnet_9blocks", "unet_128", "unet_256"]
+GENERATORS = [
+    "resnet_9blocks", "resnet_6blocks", "skip_resnet_9blocks", "mobile_resnet_9blocks", "unet_128", "unet_256"
+]
 
 
 # every network at 64/128/256 px, except U-Nets below their bottleneck's size (2^num_downs)
-SHAPE_CASES = [(a, s) for a in GENERATORS for s in (64, 128, 256) if not (a == "unet_128" and s < 128 or a == "unet_256" and s < 256)]
+SHAPE_CASES = [
+    (a, s)
+    for a in GENERATORS
+    for s in (64, 128, 256)
+    if not (a == "unet_128" and s < 128 or a == "unet_256" and s < 256)
+]
 
 
 @pytest.mark.parametrize("arch,size", SHAPE_CASES)
@@ -158,7 +165,8 @@ def test_checkpoint_of_another_shape_is_refused(tmp_path):
     tensors, meta = load_tensors(path)
     meta["kwargs"]["ngf"] = 16
     save_tensors(path, tensors, meta)
-    with pytest.raises(SrpkdError, match=r"does not fit resnet_9blocks.*shape mismatches \(first: stem.1.weight \(8, 3, 7, 7\) vs \(16, 3, 7, 7\)\)"):
+    with pytest.raises(SrpkdError, match=r"does not fit resnet_9blocks.*shape mismatches "
+                                         r"\(first: stem.1.weight \(8, 3, 7, 7\) vs \(16, 3, 7, 7\)\)"):
         load_generator(path)
 
 

@@ -40,7 +40,8 @@ def test_profile_eager_and_failed_compile(monkeypatch):
 
 
 def test_profile_onnx_runtime():
-    r = profile_model(create_generator("resnet_9blocks", ngf=4), size=32, runtimes=["onnx"], threads=1, warmup=1, runs=3)
+    model = create_generator("resnet_9blocks", ngf=4)
+    r = profile_model(model, size=32, runtimes=["onnx"], threads=1, warmup=1, runs=3)
     o = r["runtimes"]["onnx"]
     assert o["ok"], o.get("error")
     assert o["median_ms"] > 0 and "CPUExecutionProvider" in o["providers"] and r["versions"]["onnxruntime"]

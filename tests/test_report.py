@@ -33,7 +33,9 @@ def make_run(tmp_path, name="r", metrics=True, log=True, samples=True):
     if log:
         with open(run / "log.jsonl", "w") as f:
             for s in range(0, 20, 2):
-                f.write(json.dumps({"step": s, "epoch": 0, "lr": 2e-4, "time": s, "loss/kd": 1 / (1 + s), "loss/srp": 0.1 - s / 1000}) + "\n")
+                record = {"step": s, "epoch": 0, "lr": 2e-4, "time": s,
+                          "loss/kd": 1 / (1 + s), "loss/srp": 0.1 - s / 1000}
+                f.write(json.dumps(record) + "\n")
             f.write('{"step": 20, "loss/kd": 0.0')  # a line cut by a crash
     if samples:
         Image.fromarray((np.random.default_rng(0).random((32, 128, 3)) * 255).astype("uint8")).save(run / "samples.png")
@@ -42,7 +44,8 @@ def make_run(tmp_path, name="r", metrics=True, log=True, samples=True):
              "student": {"fid": 123.456, "kid": 0.0123, "kid_subset_size": 2, "psnr": 20.5, "ssim": 0.61},
              "teacher": {"fid": 98.7, "kid": 0.01, "psnr": 22.0, "ssim": 0.7},
              "fidelity": {"fid": 12.3, "kid": 0.002, "psnr": 30.1, "l1": 0.05, "st_lpips": 0.1}}
-        (run / "metrics.json").write_text(json.dumps({"format": 1, "task": "paired", "primary": "AtoB", "directions": {"AtoB": d}}))
+        metrics_json = {"format": 1, "task": "paired", "primary": "AtoB", "directions": {"AtoB": d}}
+        (run / "metrics.json").write_text(json.dumps(metrics_json))
     return run
 
 
@@ -123,7 +126,8 @@ def test_report_renders_in_headless_chromium(tmp_path):
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([chromium(), *flags, "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=60).stdout
+    dom = subprocess.run([chromium(), *flags, "--dump-dom", path.as_uri()],
+                         capture_output=True, text=True, timeout=60).stdout
     assert "<table" in dom and "123.46" in dom and dom.count("<img") == 2
     shot = tmp_path / "shot.png"
     subprocess.run([chromium(), *flags, "--window-size=1000,1400", f"--screenshot={shot}", path.as_uri()],

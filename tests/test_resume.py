@@ -43,8 +43,9 @@ def test_resume_teacher_only_random_crops(tmp_path, monkeypatch):
     """Random crops and flips (no cache), GAN, SRP and feature KD with an adapter."""
     teacher = tiny_teacher(tmp_path / "t.safetensors")
     args = ["distill", "--teacher", str(teacher), "--size", "32", "--batch-size", "2", "--out-dir", str(tmp_path),
-            "--deterministic", "--set", "data.max_images=6", "--set", "data.fixed_crops=false", "--set", "data.flip=true",
-            "--set", "loss.srp=100", "--set", "loss.feat=1", "--set", "student.dropout=0.5", *TINY]
+            "--deterministic", "--set", "data.max_images=6", "--set", "data.fixed_crops=false",
+            "--set", "data.flip=true", "--set", "loss.srp=100", "--set", "loss.feat=1", "--set", "student.dropout=0.5",
+            *TINY]
     _straight_vs_resumed(tmp_path, monkeypatch, args)
 
 
@@ -93,7 +94,8 @@ def test_resume_before_the_first_checkpoint_starts_again(tmp_path, capsys):
     assert main([*args, "--steps", "2", "--name", "straight"]) == 0
     killed = tmp_path / "killed"
     killed.mkdir()
-    (killed / "config.yaml").write_text((tmp_path / "straight" / "config.yaml").read_text().replace("straight", "killed"))
+    straight_config = (tmp_path / "straight" / "config.yaml").read_text()
+    (killed / "config.yaml").write_text(straight_config.replace("straight", "killed"))
     (killed / "log.jsonl").write_text('{"step": 1, "loss/kd": 0.5}\n')  # a line from the lost attempt
     assert main(["distill", "--resume", str(killed), *TINY]) == 0
     assert "starting it again from step 0" in capsys.readouterr().out

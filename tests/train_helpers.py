@@ -34,7 +34,11 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
     return load_tensors(path)[0]
 
 
-def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefixes=("G.", "D.", "G_B.", "D_B.", "adapters.", "optG.", "optD.")):
+def assert_same_tensors(
+    a: dict[str, torch.Tensor],
+    b: dict[str, torch.Tensor],
+    prefixes=("G.", "D.", "G_B.", "D_B.", "adapters.", "optG.", "optD."),
+):
     keys = [k for k in a if k.startswith(prefixes)]
     assert keys and sorted(keys) == sorted(k for k in b if k.startswith(prefixes))
     for k in keys:

@@ -83,10 +83,14 @@ def build_from_record(record: dict[str, Any], source: str | os.PathLike = "check
         raise SrpkdError(f"{source} has a malformed architecture record: {record!r}")
     try:
         return create_generator(arch, **kwargs)
-    except (SrpkdError, TypeError, ValueError, RuntimeError, OverflowError, ZeroDivisionError, IndexError, KeyError) as e:
+    except (
+        SrpkdError, TypeError, ValueError, RuntimeError, OverflowError, ZeroDivisionError, IndexError, KeyError
+    ) as e:
         # e.g. an unknown architecture, or a negative or fractional width written into the header by hand
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise SrpkdError(f"{source} has an architecture record srpkd cannot build ({arch} {kwargs}): {reason}") from None
+        raise SrpkdError(
+            f"{source} has an architecture record srpkd cannot build ({arch} {kwargs}): {reason}"
+        ) from None
 
 
 def load_state_strict(
@@ -96,7 +100,11 @@ def load_state_strict(
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     wrong += [
         f"{k} is {state[k].dtype}, expected {own[k].dtype}"
         for k in own
@@ -127,7 +135,8 @@ def load_generator(path: str | os.PathLike, prefix: str | None = None) -> nn.Mod
         candidates = [path / run_folder.STUDENT, path / "generator.safetensors", path / run_folder.LAST]
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
-            raise SrpkdError(f"{path} is a folder without a srpkd generator (looked for {', '.join(c.name for c in candidates)})")
+            looked_for = ", ".join(c.name for c in candidates)
+            raise SrpkdError(f"{path} is a folder without a srpkd generator (looked for {looked_for})")
         path = found
     tensors, meta = load_tensors(path)
     if meta.get("kind") == "training":

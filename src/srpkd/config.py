@@ -54,7 +54,8 @@ class GeneratorConfig:
 
 @dataclass
 class TeacherConfig:
-    checkpoint: str | None = "builtin:vintagify"  # srpkd checkpoint, run folder or "builtin:vintagify"; None = no teacher
+    # srpkd checkpoint, run folder or "builtin:vintagify"; None = no teacher
+    checkpoint: str | None = "builtin:vintagify"
     checkpoint_B: str | None = None  # the B->A teacher of an unpaired (CycleGAN) task
 
 
@@ -80,7 +81,8 @@ class DataConfig:
     flip: bool = True
     serial: bool = False  # unaligned: pair A[i] with B[i] instead of a random B
     max_images: int | None = None  # builtin: number of crops per epoch (or of fixed crops)
-    fixed_crops: bool = False  # builtin only (ignored for folders): a fixed set of training crops, so the teacher cache can be used
+    # builtin only (ignored for folders): a fixed set of training crops, so the teacher cache can be used
+    fixed_crops: bool = False
     num_workers: int = 0
 
 
@@ -141,7 +143,8 @@ class Config:
     compile: bool = False
     amp: str = "none"  # none | bf16
     pool_size: int = 50
-    time_limit: float = 0.0  # seconds of wall time for the whole run (0: none); training ends early, normally, when reached
+    # seconds of wall time for the whole run (0: none); training ends early, normally, when reached
+    time_limit: float = 0.0
     student: GeneratorConfig = field(default_factory=GeneratorConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
@@ -231,8 +234,10 @@ def _unknown_keys(cls: type, data: dict, prefix: str = "") -> list[str]:
     for k, v in data.items():
         if k not in fields:
             unknown.append(f"{prefix}{k}")
-        elif dataclasses.is_dataclass(fields[k].default_factory if fields[k].default_factory is not dataclasses.MISSING else None) and isinstance(v, dict):
-            unknown += _unknown_keys(fields[k].default_factory, v, f"{prefix}{k}.")
+            continue
+        factory = fields[k].default_factory
+        if dataclasses.is_dataclass(factory if factory is not dataclasses.MISSING else None) and isinstance(v, dict):
+            unknown += _unknown_keys(factory, v, f"{prefix}{k}.")
     return unknown
 
 
@@ -330,7 +335,9 @@ def validate(cfg: Config) -> None:
     need(cfg.loss.srp_method in ("factorized", "dense"), "loss.srp_method must be factorized or dense")
     for name in ("gan", "l1", "cycle", "identity", "kd", "srp", "feat", "sp", "at"):
         need(getattr(cfg.loss, name) >= 0, f"loss.{name} must not be negative")
-    for name in ("log_every", "sample_every", "ckpt_every", "eval_every", "keep_last", "eval_images", "pool_size", "threads"):
+    for name in (
+        "log_every", "sample_every", "ckpt_every", "eval_every", "keep_last", "eval_images", "pool_size", "threads"
+    ):
         need(getattr(cfg, name) >= 0, f"{name} must not be negative")
     need(cfg.time_limit >= 0, "time_limit must not be negative")
     need(cfg.data.num_workers >= 0, "data.num_workers must not be negative")

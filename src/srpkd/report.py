@@ -32,8 +32,10 @@ from .files import atomic_path
 from .models import count_macs, count_params
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
-h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;
+color:#222;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em}
+h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
 table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:.3em .7em;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 .na{color:#999;font-style:italic}.note{color:#666;font-size:.9em}
@@ -100,7 +102,8 @@ def _config(run: Path) -> tuple[Any, str | None]:
 
 
 def _model_info(model, size: int) -> dict:
-    info = {"params": count_params(model), "arch": getattr(model, "arch", None), "kwargs": getattr(model, "arch_kwargs", {})}
+    info = {"params": count_params(model), "arch": getattr(model, "arch", None),
+            "kwargs": getattr(model, "arch_kwargs", {})}
     try:
         info["macs"] = count_macs(model, size)
     except Exception:  # noqa: BLE001 - an uncountable model only loses its MAC figure
@@ -169,7 +172,12 @@ def loss_curves_png(records: list[dict]) -> bytes | None:
     rows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
     for ax, key in zip(axes.flat, keys):
-        pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float)) and isinstance(r.get("step"), (int, float)) and math.isfinite(r[key])]
+        pts = [
+            (r["step"], r[key])
+            for r in records
+            if isinstance(r.get(key), (int, float)) and isinstance(r.get("step"), (int, float))
+            and math.isfinite(r[key])
+        ]
         if pts:
             xs, ys = zip(*pts)
             ax.plot(xs, ys, lw=1.2)
@@ -208,7 +216,11 @@ def _primary(metrics: dict | None) -> dict:
 def _latency(profile: dict | None) -> str:
     if not profile or not isinstance(profile.get("runtimes"), dict):
         return NOT_MEASURED
-    parts = [f"{name} {t['median_ms']:.1f}" for name, t in profile["runtimes"].items() if isinstance(t, dict) and t.get("ok")]
+    parts = [
+        f"{name} {t['median_ms']:.1f}"
+        for name, t in profile["runtimes"].items()
+        if isinstance(t, dict) and t.get("ok")
+    ]
     if not parts:
         return NOT_MEASURED
     where = f"{profile.get('device', '?')}, {profile.get('threads', '?')} threads"
@@ -225,7 +237,9 @@ def _with_validation(fidelity: dict, records: list[dict]) -> tuple[dict, int | N
     """Fill PSNR/L1 to the teacher from the last ``val/*_to_teacher`` record of log.jsonl when eval has not run."""
     missing = [k for k in ("psnr", "l1") if fidelity.get(k) is None]
     for rec in reversed(records):
-        found = {k: rec[f"val/{k}_to_teacher"] for k in missing if isinstance(rec.get(f"val/{k}_to_teacher"), (int, float))}
+        found = {
+            k: rec[f"val/{k}_to_teacher"] for k in missing if isinstance(rec.get(f"val/{k}_to_teacher"), (int, float))
+        }
         if found:
             return {**fidelity, **found}, rec.get("step")
     return fidelity, None
@@ -242,10 +256,14 @@ def _run_table(info: dict) -> str:
         ["Latency, median", _latency(info["teacher_profile"]), _latency(info["profile"])],
     ]
     for label, key, fmt, hint in METRIC_ROWS:
-        rows.append([f"{label} <span class=note>({hint})</span>", _fmt(m.get("teacher", {}).get(key), fmt), _fmt(m.get("student", {}).get(key), fmt)])
+        rows.append([f"{label} <span class=note>({hint})</span>",
+                     _fmt(m.get("teacher", {}).get(key), fmt), _fmt(m.get("student", {}).get(key), fmt)])
     table = _table(["", "teacher", "student"], rows)
     fidelity, val_step = _with_validation(m.get("fidelity", {}), info["log"])
-    fid_rows = [[f"{label} <span class=note>({hint})</span>", _fmt(fidelity.get(key), fmt)] for label, key, fmt, hint in FIDELITY_ROWS]
+    fid_rows = [
+        [f"{label} <span class=note>({hint})</span>", _fmt(fidelity.get(key), fmt)]
+        for label, key, fmt, hint in FIDELITY_ROWS
+    ]
     table += "<h3>Fidelity to the teacher</h3>" + _table(["", "student"], fid_rows)
     if val_step is not None:
         table += (f'<p class="note">PSNR and L1 from the training loop\'s held-out validation at step {val_step}; '
@@ -255,11 +273,15 @@ def _run_table(info: dict) -> str:
         note = f"{m.get('n_images')} test images, direction {m.get('direction')}, {m.get('size')} px"
         if ref:
             note += f"; FID/KID reference: {ref.get('name')} ({ref.get('count')} images)"
-        table += f'<p class="note">{html.escape(note)}. KID uses subsets of {m.get("student", m.get("fidelity", {})).get("kid_subset_size", "?")} images.</p>'
+        kid_subset = m.get("student", m.get("fidelity", {})).get("kid_subset_size", "?")
+        table += f'<p class="note">{html.escape(note)}. KID uses subsets of {kid_subset} images.</p>'
     other = [k for k in (info["metrics"] or {}).get("directions", {}) if k != (info["metrics"] or {}).get("primary")]
     for direction in other:
         d = info["metrics"]["directions"][direction]
-        rows = [[label, _fmt(d.get("teacher", {}).get(key), fmt), _fmt(d.get("student", {}).get(key), fmt)] for label, key, fmt, _ in METRIC_ROWS]
+        rows = [
+            [label, _fmt(d.get("teacher", {}).get(key), fmt), _fmt(d.get("student", {}).get(key), fmt)]
+            for label, key, fmt, _ in METRIC_ROWS
+        ]
         table += f"<h3>Direction {html.escape(direction)}</h3>" + _table(["", "teacher", "student"], rows)
     return table
 
@@ -270,14 +292,16 @@ def _images(info: dict) -> str:
     uri = _image_file_uri(info["samples"])
     if uri is None:
         return '<p class="na">samples.png could not be read</p>'
-    return f'<figure><img alt="samples of {html.escape(info["name"])}" src="{uri}"><figcaption>input | teacher | student | target (samples.png)</figcaption></figure>'
+    return (f'<figure><img alt="samples of {html.escape(info["name"])}" src="{uri}">'
+            "<figcaption>input | teacher | student | target (samples.png)</figcaption></figure>")
 
 
 def _curves(info: dict) -> str:
     png = loss_curves_png(info["log"])
     if png is None:
         return '<p class="na">no losses logged (log.jsonl missing or empty)</p>'
-    return f'<figure><img alt="loss curves of {html.escape(info["name"])}" src="{_png_data_uri(png)}"><figcaption>losses from log.jsonl</figcaption></figure>'
+    return (f'<figure><img alt="loss curves of {html.escape(info["name"])}" src="{_png_data_uri(png)}">'
+            "<figcaption>losses from log.jsonl</figcaption></figure>")
 
 
 def _page(title: str, body: str) -> str:
@@ -289,10 +313,14 @@ def _page(title: str, body: str) -> str:
 
 def render_run(info: dict) -> str:
     cfg = info["config"]
-    summary = f"task {cfg.task}, data {cfg.data.mode} {cfg.data.root or ''} {cfg.data.direction}" if cfg else "no readable config.yaml"
+    if cfg:
+        summary = f"task {cfg.task}, data {cfg.data.mode} {cfg.data.root or ''} {cfg.data.direction}"
+    else:
+        summary = "no readable config.yaml"
     body = [
         f"<h1>srpkd run {html.escape(info['name'])}</h1>",
-        f'<p class="note">{html.escape(info["path"])} &mdash; {html.escape(summary)}; teacher {html.escape(str(info["teacher_spec"]))}</p>',
+        (f'<p class="note">{html.escape(info["path"])} &mdash; {html.escape(summary)}; '
+         f'teacher {html.escape(str(info["teacher_spec"]))}</p>'),
         "<h2>Metrics</h2>", _run_table(info),
         "<h2>Samples</h2>", _images(info),
         "<h2>Loss curves</h2>", _curves(info),
@@ -307,17 +335,22 @@ def render_comparison(infos: list[dict]) -> str:
     prim = [_primary(i["metrics"]) for i in infos]
     rows = [
         ["Task"] + [html.escape(i["config"].task) if i["config"] else NOT_MEASURED for i in infos],
-        ["Student"] + [html.escape(f"{i['student']['arch']} {i['student']['kwargs']}") if i["student"] else NOT_MEASURED for i in infos],
+        ["Student"] + [html.escape(f"{i['student']['arch']} {i['student']['kwargs']}") if i["student"] else NOT_MEASURED
+                       for i in infos],
         ["Parameters"] + [_count((i["student"] or {}).get("params"), 1e6, "M") for i in infos],
         ["MACs"] + [_count((i["student"] or {}).get("macs"), 1e9, "G") for i in infos],
         ["Latency, median"] + [_latency(i["profile"]) for i in infos],
-        ["SRP weight (loss.srp)"] + [html.escape(str(i["config"].loss.srp)) if i["config"] else NOT_MEASURED for i in infos],
-        ["KD weight (loss.kd)"] + [html.escape(str(i["config"].loss.kd)) if i["config"] else NOT_MEASURED for i in infos],
+        ["SRP weight (loss.srp)"] + [html.escape(str(i["config"].loss.srp)) if i["config"] else NOT_MEASURED
+                                     for i in infos],
+        ["KD weight (loss.kd)"] + [html.escape(str(i["config"].loss.kd)) if i["config"] else NOT_MEASURED
+                                   for i in infos],
     ]
     for label, key, fmt, hint in METRIC_ROWS:
-        rows.append([f"{label} <span class=note>({hint})</span>"] + [_fmt(p.get("student", {}).get(key), fmt) for p in prim])
+        rows.append([f"{label} <span class=note>({hint})</span>"]
+                    + [_fmt(p.get("student", {}).get(key), fmt) for p in prim])
     for label, key, fmt, hint in FIDELITY_ROWS:
-        rows.append([f"{label} <span class=note>({hint})</span>"] + [_fmt(p.get("fidelity", {}).get(key), fmt) for p in prim])
+        rows.append([f"{label} <span class=note>({hint})</span>"]
+                    + [_fmt(p.get("fidelity", {}).get(key), fmt) for p in prim])
     body = ["<h1>srpkd runs compared</h1>", "<h2>Metrics</h2>", _table([""] + names, rows)]
     for info in infos:
         body += [f"<h2>{html.escape(info['name'])}</h2>", _images(info), _curves(info)]

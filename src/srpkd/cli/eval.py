@@ -25,7 +25,8 @@ def register(sub) -> None:
     p.add_argument("--images", help="score this folder of already generated images instead of translating")
     p.add_argument("--real", help="with --images: folder of real images")
     p.add_argument("--data", help="dataset root (overrides the run's data.root)")
-    p.add_argument("--mode", choices=["aligned", "unaligned", "single", "builtin"], help="dataset layout (overrides the run's)")
+    p.add_argument("--mode", choices=["aligned", "unaligned", "single", "builtin"],
+                   help="dataset layout (overrides the run's)")
     p.add_argument("--direction", choices=["AtoB", "BtoA"], help="translation direction (overrides the run's)")
     p.add_argument("--split", default="test", help="with --images --data: the split of the real images (default test)")
     p.add_argument("--teacher", help="teacher checkpoint or builtin:vintagify for fidelity metrics ('none' to skip)")
@@ -99,18 +100,23 @@ METRIC_ORDER = ["fid", "kid", "kid_std", "psnr", "ssim", "l1", "st_lpips"]
 def format_table(result: dict) -> str:
     lines = []
     if result.get("kind") == "folders":
-        lines.append(f"{result['images']} ({result['n_images']} images) vs {result['real']} ({result['n_real']} images)")
+        lines.append(f"{result['images']} ({result['n_images']} images) "
+                     f"vs {result['real']} ({result['n_real']} images)")
         for k in METRIC_ORDER + ["kid_subset_size", "matched_pairs"]:
             if k in result:
                 lines.append(f"  {k:<16}{_fmt(k, result[k])}")
         lines.append(f"  {'time':<16}{result['time_s']:.1f} s")
         return "\n".join(lines)
-    lines.append(f"{result['source']}: task {result['task']}, {result['data']['mode']} data, {result['data']['size']} px")
+    lines.append(f"{result['source']}: task {result['task']}, "
+                 f"{result['data']['mode']} data, {result['data']['size']} px")
     for direction, r in result["directions"].items():
         cols = [c for c in ("student", "teacher", "fidelity") if c in r]
         ref = r.get("reference")
-        lines.append(f"{direction}: {r['n_images']} test images"
-                     + (f"; reference: {ref['name']} ({ref['count']} images{', cached' if ref.get('cached') else ''})" if ref else ""))
+        reference = ""
+        if ref:
+            cached = ", cached" if ref.get("cached") else ""
+            reference = f"; reference: {ref['name']} ({ref['count']} images{cached})"
+        lines.append(f"{direction}: {r['n_images']} test images{reference}")
         header = f"  {'metric':<10}" + "".join(f"{c + (' vs teacher' if c == 'fidelity' else ''):>22}" for c in cols)
         lines.append(header)
         for k in METRIC_ORDER:

@@ -39,7 +39,8 @@ def run(args) -> int:
     if args.checkpoint:
         model, source = load_generator(args.checkpoint), str(args.checkpoint)
     elif args.arch:
-        model, source = create_generator(args.arch, ngf=args.ngf, norm=args.norm), f"--arch {args.arch} --ngf {args.ngf}"
+        model = create_generator(args.arch, ngf=args.ngf, norm=args.norm)
+        source = f"--arch {args.arch} --ngf {args.ngf}"
     else:
         raise SrpkdError("give a checkpoint or --arch NAME (srpkd info --list shows the names)")
     runtimes = [r.strip() for r in args.runtime.split(",") if r.strip()]

@@ -62,7 +62,10 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     except FileNotFoundError:
         raise SrpkdError(f"image not found: {path}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        reason = "empty file" if path.is_file() and path.stat().st_size == 0 else str(e).splitlines()[0] if str(e) else type(e).__name__
+        if path.is_file() and path.stat().st_size == 0:
+            reason = "empty file"
+        else:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise SrpkdError(f"cannot read image {path}: {reason}") from None
 
 

@@ -17,7 +17,9 @@ from .relation import result_dtype
 
 def _require_same_shape(a: torch.Tensor, b: torch.Tensor, what: str, names: tuple[str, str]) -> None:
     if a.shape != b.shape:
-        raise SrpkdError(f"{what}: {names[0]} {tuple(a.shape)} and {names[1]} {tuple(b.shape)} must have the same shape")
+        raise SrpkdError(
+            f"{what}: {names[0]} {tuple(a.shape)} and {names[1]} {tuple(b.shape)} must have the same shape"
+        )
 
 
 def _upcast(*tensors: torch.Tensor) -> list[torch.Tensor]:

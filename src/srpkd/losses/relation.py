@@ -96,7 +96,9 @@ class _FactorizedRelation(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, xt: torch.Tensor, xs: torch.Tensor, eps: float, st_given: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        ctx, xt: torch.Tensor, xs: torch.Tensor, eps: float, st_given: torch.Tensor | None = None
+    ) -> torch.Tensor:
         b, ct, n = xt.shape
         cs = xs.shape[1]
         f64 = dict(dtype=torch.float64, device=xt.device)

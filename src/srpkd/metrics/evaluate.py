@@ -90,14 +90,17 @@ class Scorer:
         chunks = images.split(self.batch)
         return extract_features(self.extractor, _progress(chunks, desc, self.progress, len(chunks)), self.device)
 
-    def dataset_features(self, dataset: Dataset, key: str, files: Sequence[Path], desc: str, info: dict) -> tuple[torch.Tensor, bool]:
+    def dataset_features(
+        self, dataset: Dataset, key: str, files: Sequence[Path], desc: str, info: dict
+    ) -> tuple[torch.Tensor, bool]:
         """Features of the ``key`` images of a dataset, cached by the files' content."""
         ckey = content_key(files, self.extractor_id, desc)
 
         def compute() -> torch.Tensor:
             batches = (b[key] for b in _loader(dataset, self.batch))
             n = math.ceil(len(dataset) / self.batch)
-            return extract_features(self.extractor, _progress(batches, f"real {info.get('name', '')}".strip(), self.progress, n), self.device)
+            label = f"real {info.get('name', '')}".strip()
+            return extract_features(self.extractor, _progress(batches, label, self.progress, n), self.device)
 
         return self.cache.features(ckey, compute, {**info, "preprocessing": desc, "extractor": self.extractor_id})
 
@@ -135,12 +138,17 @@ def perceptual_mean(a: torch.Tensor, b: torch.Tensor, scorer: Scorer) -> float |
     if min(a.shape[-2:]) < 32:
         return None
     model = stlpips(scorer.device)
-    values = [model(x.to(scorer.device), y.to(scorer.device)).cpu() for x, y in zip(a.split(scorer.batch), b.split(scorer.batch))]
+    values = [
+        model(x.to(scorer.device), y.to(scorer.device)).cpu()
+        for x, y in zip(a.split(scorer.batch), b.split(scorer.batch))
+    ]
     return float(torch.cat(values).mean())
 
 
 @torch.no_grad()
-def translate(models: dict[str, torch.nn.Module], dataset: Dataset, scorer: Scorer, keep_target: bool) -> dict[str, torch.Tensor]:
+def translate(
+    models: dict[str, torch.nn.Module], dataset: Dataset, scorer: Scorer, keep_target: bool
+) -> dict[str, torch.Tensor]:
     """Run every model on every test input (batched); returns CPU tensors in [-1, 1]."""
     outs: dict[str, list[torch.Tensor]] = {name: [] for name in models}
     outs["input"], outs["target"] = [], []
@@ -163,7 +171,9 @@ def _data_desc(mode: str, side: str, size: int) -> str:
     return f"{mode}:{side}:resize-bicubic:{size}"
 
 
-def _test_data(mode: str, root, direction: str, test_split: str, train_split: str, size: int, max_images: int | None, task: str):
+def _test_data(
+    mode: str, root, direction: str, test_split: str, train_split: str, size: int, max_images: int | None, task: str
+):
     """(inputs dataset, target present, real reference (dataset, files, desc, info) or None)."""
     common = dict(load_size=size, crop_size=size, preprocess="resize", flip=False)
     if mode == "builtin":
@@ -181,7 +191,10 @@ def _test_data(mode: str, root, direction: str, test_split: str, train_split: st
         ds = build_dataset("single", root / f"{test_split}{src}", max_images=max_images, **common)
         ref = None
         if task == "unpaired":
-            parts = [build_dataset("single", root / f"{split}{tgt}", **common) for split in dict.fromkeys((train_split, test_split))]
+            parts = [
+                build_dataset("single", root / f"{split}{tgt}", **common)
+                for split in dict.fromkeys((train_split, test_split))
+            ]
             files = [f for p in parts for f in p.files]
             info = {"name": f"{' + '.join(dict.fromkeys((train_split, test_split)))} {tgt}", "count": len(files)}
             ref = (ConcatDataset(parts), "A", files, _data_desc("single", tgt, size), info)
@@ -212,7 +225,8 @@ def evaluate_generator(
 ) -> dict:
     """Score one direction of a generator (and its teacher, when given) on a test split."""
     scorer = scorer or Scorer()
-    multiple = max(getattr(student, "size_multiple", 4), getattr(teacher, "size_multiple", 4) if teacher is not None else 1)
+    teacher_multiple = getattr(teacher, "size_multiple", 4) if teacher is not None else 1
+    multiple = max(getattr(student, "size_multiple", 4), teacher_multiple)
     if size <= 0 or size % multiple:
         raise SrpkdError(f"--size must be a positive multiple of {multiple}, got {size}")
     if task == "teacher_only" and teacher is None:
@@ -240,7 +254,9 @@ def evaluate_generator(
             if has_target:
                 result[name].update(paired_metrics(out[name], out["target"]))
     if teacher is not None:
-        result["fidelity"] = fidelity_metrics(out["student"], out["teacher"], scorer, feats["student"], feats["teacher"])
+        result["fidelity"] = fidelity_metrics(
+            out["student"], out["teacher"], scorer, feats["student"], feats["teacher"]
+        )
     result["time_s"] = round(time.perf_counter() - t0, 3)
     return result
 
@@ -296,9 +312,9 @@ def evaluate_run(
     if task == "unpaired" and student_b is not None and student_b.is_file():
         teacher_b = cfg.teacher.checkpoint_B if cfg else None
         directions[OTHER[direction]] = evaluate_generator(
-            load_generator(student_b), task=task, mode=mode, root=root, direction=OTHER[direction], test_split=test_split,
-            train_split=train_split, size=size, teacher=resolve_teacher(teacher_b) if teacher_b else None,
-            max_images=max_images, scorer=scorer)
+            load_generator(student_b), task=task, mode=mode, root=root, direction=OTHER[direction],
+            test_split=test_split, train_split=train_split, size=size,
+            teacher=resolve_teacher(teacher_b) if teacher_b else None, max_images=max_images, scorer=scorer)
     return {
         "format": FORMAT,
         "kind": "generator",
@@ -327,7 +343,9 @@ def default_output(target: str | os.PathLike) -> Path:
 def _folder_dataset(folder, size: int | None, max_images: int | None):
     preprocess = "resize" if size else "none"
     s = size or 256
-    return build_dataset("single", folder, load_size=s, crop_size=s, preprocess=preprocess, flip=False, max_images=max_images)
+    return build_dataset(
+        "single", folder, load_size=s, crop_size=s, preprocess=preprocess, flip=False, max_images=max_images
+    )
 
 
 def score_folders(
@@ -363,18 +381,24 @@ def score_folders(
         files = list(real_parts[0].files)
         key, name = "A", str(real)
     elif mode == "aligned":
-        ds = build_dataset("aligned", data, split=split, direction=direction, load_size=s, crop_size=s, preprocess=pre, flip=False)
+        ds = build_dataset(
+            "aligned", data, split=split, direction=direction, load_size=s, crop_size=s, preprocess=pre, flip=False
+        )
         real_parts, files, key, name = [ds], list(ds.files), "B", f"{data} {split} {direction[-1]} halves"
     elif mode == "unaligned":
         tgt = direction[-1]
         splits = list(dict.fromkeys(("train", split)))
-        real_parts = [build_dataset("single", Path(data) / f"{sp}{tgt}", load_size=s, crop_size=s, preprocess=pre, flip=False) for sp in splits]
+        real_parts = [
+            build_dataset("single", Path(data) / f"{sp}{tgt}", load_size=s, crop_size=s, preprocess=pre, flip=False)
+            for sp in splits
+        ]
         files = [f for p in real_parts for f in p.files]
         key, name = "A", f"{data} {' + '.join(splits)} {tgt}"
     else:
         raise SrpkdError(f"--mode must be aligned or unaligned with --data, got {mode!r}")
     real_ds = real_parts[0] if len(real_parts) == 1 else ConcatDataset(real_parts)
-    desc = f"{'aligned-half' if key == 'B' else 'single'}:{direction[-1] if key == 'B' else ''}:{pre}:{size or 'native'}"
+    layout, side = ("aligned-half", direction[-1]) if key == "B" else ("single", "")
+    desc = f"{layout}:{side}:{pre}:{size or 'native'}"
     real_feats, cached = scorer.dataset_features(real_ds, key, files, desc, {"name": name, "count": len(files)})
     fake_feats = _dataset_features(fake_ds, scorer)
     if len(fake_ds) < 2 or real_feats.shape[0] < 2:
@@ -398,7 +422,8 @@ def score_folders(
 
 def _dataset_features(dataset: Dataset, scorer: Scorer) -> torch.Tensor:
     loader = _loader(dataset, scorer.batch)
-    return extract_features(scorer.extractor, _progress((b["A"] for b in loader), "features", scorer.progress, len(loader)), scorer.device)
+    batches = _progress((b["A"] for b in loader), "features", scorer.progress, len(loader))
+    return extract_features(scorer.extractor, batches, scorer.device)
 
 
 def _matched_pairs(fake_ds, real_ds) -> dict:

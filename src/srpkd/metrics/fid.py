@@ -83,7 +83,8 @@ def kid_from_features(
         return float(poly_mmd(a, b)), 0.0, m
     g = torch.Generator().manual_seed(seed)
     values = torch.stack([
-        poly_mmd(a[torch.randperm(n_a, generator=g)[:m]], b[torch.randperm(n_b, generator=g)[:m]]) for _ in range(subsets)
+        poly_mmd(a[torch.randperm(n_a, generator=g)[:m]], b[torch.randperm(n_b, generator=g)[:m]])
+        for _ in range(subsets)
     ])
     return float(values.mean()), float(values.std(unbiased=False)), m
 
@@ -154,7 +155,9 @@ class FeatureCache:
         except SrpkdError:
             pass  # an unwritable cache only costs time
 
-    def features(self, key: str, compute: Callable[[], torch.Tensor], info: dict | None = None) -> tuple[torch.Tensor, bool]:
+    def features(
+        self, key: str, compute: Callable[[], torch.Tensor], info: dict | None = None
+    ) -> tuple[torch.Tensor, bool]:
         """Cached features for ``key`` or ``compute()`` them and store; returns (features, was_cached)."""
         hit = self.get(key)
         if hit is not None:

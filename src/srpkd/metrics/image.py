@@ -37,7 +37,9 @@ def _pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     if b.dim() == 3:
         b = b.unsqueeze(0)
     if a.dim() != 4 or a.shape != b.shape:
-        raise ValueError(f"expected two image batches of the same shape (N, C, H, W), got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"expected two image batches of the same shape (N, C, H, W), got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     return a.detach().float(), b.detach().float()
 
 

@@ -56,7 +56,9 @@ def summarize(times_ms: list[float]) -> dict:
     }
 
 
-def time_callable(fn: Callable[[], object], warmup: int, runs: int, sync: Callable[[], None] | None = None) -> list[float]:
+def time_callable(
+    fn: Callable[[], object], warmup: int, runs: int, sync: Callable[[], None] | None = None
+) -> list[float]:
     """Call ``fn`` ``warmup`` times, then time ``runs`` calls; milliseconds per call."""
     sync = sync or (lambda: None)
     for _ in range(warmup):
@@ -79,7 +81,9 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {first_line(e)[:300]}" if text else type(e).__name__
 
 
-def profile_runtime(model: nn.Module, runtime: str, size: int, device: torch.device, threads: int, warmup: int, runs: int) -> dict:
+def profile_runtime(
+    model: nn.Module, runtime: str, size: int, device: torch.device, threads: int, warmup: int, runs: int
+) -> dict:
     """Latency of one runtime; ``{"ok": False, "error": ...}`` when it cannot run."""
     if runtime not in RUNTIMES:
         raise SrpkdError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
@@ -187,7 +191,9 @@ def profile_model(
         }
         model = model.to(device)
         for runtime in runtimes:
-            info["runtimes"][runtime] = profile_runtime(model, runtime, size, device, threads or torch.get_num_threads(), warmup, runs)
+            info["runtimes"][runtime] = profile_runtime(
+                model, runtime, size, device, threads or torch.get_num_threads(), warmup, runs
+            )
         return info
     finally:
         torch.set_num_threads(previous_threads)

@@ -63,8 +63,12 @@ class _Trunk(nn.Module):
     def __init__(self):
         super().__init__()
         self.slice1 = _seq({0: nn.Conv2d(3, 64, 11, stride=1, padding=2), 1: BlurPool(64), 2: nn.ReLU()})
-        self.slice2 = _seq({3: nn.MaxPool2d(3, stride=1), 4: BlurPool(64), 5: nn.Conv2d(64, 192, 5, padding=2), 6: nn.ReLU()})
-        self.slice3 = _seq({7: nn.MaxPool2d(3, stride=1), 8: BlurPool(192), 9: nn.Conv2d(192, 384, 3, padding=1), 10: nn.ReLU()})
+        self.slice2 = _seq({
+            3: nn.MaxPool2d(3, stride=1), 4: BlurPool(64), 5: nn.Conv2d(64, 192, 5, padding=2), 6: nn.ReLU()
+        })
+        self.slice3 = _seq({
+            7: nn.MaxPool2d(3, stride=1), 8: BlurPool(192), 9: nn.Conv2d(192, 384, 3, padding=1), 10: nn.ReLU()
+        })
         self.slice4 = _seq({11: nn.Conv2d(384, 256, 3, padding=1), 12: nn.ReLU()})
         self.slice5 = _seq({13: nn.Conv2d(256, 256, 3, padding=1), 14: nn.ReLU()})
 
@@ -118,13 +122,17 @@ class STLPIPS(nn.Module):
         state = {k.replace("lin", "lins.", 1) if k.startswith("lin") else k: v for k, v in state.items()}
         missing, unexpected = self.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise SrpkdError(f"{path} does not fit the ST-LPIPS AlexNet (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            raise SrpkdError(
+                f"{path} does not fit the ST-LPIPS AlexNet (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
         self.requires_grad_(False)
         self.eval()
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if a.shape != b.shape or a.dim() != 4 or a.shape[1] != 3:
-            raise ValueError(f"expected two (N, 3, H, W) batches of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+            raise ValueError(
+                f"expected two (N, 3, H, W) batches of one shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+            )
         if min(a.shape[-2:]) < 32:
             raise SrpkdError(f"ST-LPIPS needs images of at least 32 x 32 pixels, got {tuple(a.shape[-2:])}")
         fa, fb = self.net(self.scaling_layer(a)), self.net(self.scaling_layer(b))

@@ -35,7 +35,9 @@ def _create(kind: str, name: str, kwargs: dict) -> nn.Module:
         raise SrpkdError(f"unknown {kind} architecture {name!r}; choose one of: {', '.join(list_models(kind))}")
     for width in ("ngf", "ndf"):  # torch accepts 0 channels and builds a network that cannot run
         if width in kwargs and not (isinstance(kwargs[width], int) and kwargs[width] >= 1):
-            raise SrpkdError(f"bad arguments for {kind} {name!r}: {width} must be a positive integer, got {kwargs[width]!r}")
+            raise SrpkdError(
+                f"bad arguments for {kind} {name!r}: {width} must be a positive integer, got {kwargs[width]!r}"
+            )
     try:
         model = _REGISTRY[kind][name](**kwargs)
     except (TypeError, ValueError, RuntimeError) as e:  # unknown keyword, or a value torch refuses (ngf=-1)

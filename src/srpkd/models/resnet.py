@@ -68,7 +68,9 @@ class ResnetGenerator(Generator):
         self.stem = nn.Sequential(
             nn.ReflectionPad2d(3), nn.Conv2d(in_channels, ngf, 7, bias=bias), norm_layer(norm, ngf), nn.ReLU(True)
         )
-        self.down1 = nn.Sequential(nn.Conv2d(ngf, ngf * 2, 3, 2, 1, bias=bias), norm_layer(norm, ngf * 2), nn.ReLU(True))
+        self.down1 = nn.Sequential(
+            nn.Conv2d(ngf, ngf * 2, 3, 2, 1, bias=bias), norm_layer(norm, ngf * 2), nn.ReLU(True)
+        )
         self.down2 = nn.Sequential(
             nn.Conv2d(ngf * 2, ngf * 4, 3, 2, 1, bias=bias), norm_layer(norm, ngf * 4), nn.ReLU(True)
         )

@@ -60,7 +60,9 @@ class UnetGenerator(Generator):
         self.size_multiple = 2**num_downs
         self.tap_aliases = {"encoder": f"down{encoder_level}"}
         self.tap_channels = {f"down{k + 1}": ch[k] for k in range(num_downs)}
-        self.tap_channels.update({f"up{k + 1}": (out_channels if k == 0 else ch[k - 1]) for k in reversed(range(num_downs))})
+        self.tap_channels.update(
+            {f"up{k + 1}": (out_channels if k == 0 else ch[k - 1]) for k in reversed(range(num_downs))}
+        )
 
     def _forward(self, x, keep):
         skips = []
