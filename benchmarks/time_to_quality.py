@@ -236,9 +236,9 @@ def main(argv: list[str] | None = None) -> int:
                 if not done.is_file():
                     over = {**base, **STUDENTS.get(student, {}), **RECIPES[recipe], "seed": seed}
                     run_one(run_dir, over, seconds, args.threads)
+                    records = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
                     rec = {"recipe": recipe, "student": student, "seed": seed, **final_figures(run_dir),
-                           "curve": curve(run_dir),
-                           "steps": max(json.loads(x)["step"] for x in (run_dir / "log.jsonl").read_text().splitlines())}
+                           "curve": curve(run_dir), "steps": max(r["step"] for r in records)}
                     done.write_text(json.dumps(rec) + "\n")
                 rec = json.loads(done.read_text())
                 log(f"{recipe} {student} seed {seed}: PSNR {rec['psnr']:.2f} dB (copy {rec['copy_psnr']:.2f}), "

@@ -27,7 +27,8 @@ from ..train.loop import Trainer, default_run_name, resolve_device
 
 
 def _add_common(p) -> None:
-    p.add_argument("--config", metavar="NAME_OR_PATH", help="a preset name (see srpkd/configs) or a YAML file (default: main)")
+    p.add_argument("--config", metavar="NAME_OR_PATH",
+                   help="a preset name (see srpkd/configs) or a YAML file (default: main)")
     p.add_argument("--teacher", metavar="CKPT", help="teacher checkpoint or builtin:vintagify (teacher.checkpoint)")
     p.add_argument("--teacher-b", metavar="CKPT", help="B->A teacher of an unpaired task (teacher.checkpoint_B)")
     p.add_argument("--data", metavar="DIR", help="dataset root (data.root)")
@@ -69,7 +70,8 @@ def flag_overrides(args) -> list[str]:
         ("teacher.checkpoint", args.teacher), ("teacher.checkpoint_B", args.teacher_b), ("data.root", args.data),
         ("data.mode", args.mode), ("task", args.task), ("data.direction", args.direction),
         ("optim.steps", args.steps), ("optim.epochs", args.epochs),
-        ("optim.time", parse_duration(args.time) if args.time is not None else None), ("optim.batch_size", args.batch_size),
+        ("optim.time", parse_duration(args.time) if args.time is not None else None),
+        ("optim.batch_size", args.batch_size),
         ("data.crop_size", args.size), ("name", args.name), ("out_dir", args.out_dir),
         ("deterministic", args.deterministic), ("seed", args.seed), ("device", args.device),
     ]
