@@ -19,7 +19,8 @@ Each (recipe, student, seed) is one real ``srpkd distill`` run in a subprocess w
 the held-out photos at every validation, which gives the curve against wall time (the run's own
 clock, teacher cache included). At the end the student's ST-LPIPS to the teacher (and the copy's)
 is measured on the same held-out crops. Resumable: a finished run (``ttq.json`` in its folder) is
-skipped; a stopped one starts again.
+skipped; a stopped one starts again. ``--report-only`` tabulates the finished runs of the given
+recipes and seeds without starting any.
 
 Results: ``OUT/TASK/results.json``, ``results.md`` (final figures, mean +- sample std over seeds,
 copy-the-input baseline beside them) and ``curves.png`` (PSNR to the teacher against minutes, one
@@ -218,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("runs/ttq"))
     ap.add_argument("--quick", action="store_true", help="smoke test: tiny student, a few seconds per run")
+    ap.add_argument("--report-only", action="store_true", help="tabulate the finished runs only; start none")
     args = ap.parse_args(argv)
     seconds = args.time or (510.0 if args.task == "main" else 1800.0)
     students = args.students or (["r16", "r32", "m16"] if args.task == "real_teacher" else ["preset"])
@@ -233,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             for seed in args.seeds:
                 run_dir = tdir / f"{recipe}_{student}_seed{seed}"
                 done = run_dir / "ttq.json"
+                if args.report_only and not done.is_file():
+                    continue
                 if not done.is_file():
                     over = {**base, **STUDENTS.get(student, {}), **RECIPES[recipe], "seed": seed}
                     run_one(run_dir, over, seconds, args.threads)
