@@ -183,7 +183,7 @@ class Trainer:
         return self.validation.evaluate()
 
     def write_samples(self) -> None:
-        grid = self.validation.samples()
+        grid = (self.test or self.validation).samples()  # the held-out test photos the figures are on
         save_grid(grid, self.run_dir / run_folder.SAMPLES)
         self.runlog.add_image("samples", grid, self.step)
 
