@@ -8,8 +8,8 @@ TASK:
 * ``main`` (default): the main job (``srpkd distill`` with the ``main`` preset: the vintagify
   teacher on the built-in photos, 128 px). Held out: the built-in test photos (coffee, chelsea,
   zidane); the best checkpoint is chosen on the val photos.
-* ``real_teacher``: the same teacher on 128 px crops of real photos from ``../shared/data``:
-  train on facades_unpaired/trainA and the photo halves of edges2shoes_subset/train; held out:
+* ``real_teacher``: the same teacher on 128 px squares of real photos from ``../shared/data``:
+  train on 192 facades_unpaired/trainA photos and 192 photo halves of edges2shoes_subset/train; held out:
   facades_unpaired/testA, the photo halves of edges2shoes_subset/val and the 24 Kodak photos.
   Students (``--students``): r16 / r32 (the paper's ResNet-9 ngf 16 / 32), m16 (mobile ngf 16),
   s16 (this project's skip_resnet_9blocks ngf 16).
@@ -88,8 +88,8 @@ def log(msg: str) -> None:
 def prepare_real_teacher_data(out: Path, size: int) -> Path:
     """A CycleGAN-layout folder of real photos, each a centre square resized to ``size`` px (PNG).
 
-    trainA: facades_unpaired/trainA and the photo halves of the first 400 edges2shoes_subset/train
-    pairs; valA (chooses the best checkpoint): the first 20 of facades_unpaired/testA and of
+    trainA: the first 192 of facades_unpaired/trainA and the photo halves of the first 192
+    edges2shoes_subset/train pairs (the teacher cache of 4 feature taps takes ~8 MiB a photo); valA (chooses the best checkpoint): the first 20 of facades_unpaired/testA and of
     edges2shoes_subset/val; testA (the figures): the rest of those and the 24 Kodak photos.
     The B folders link to the A ones (teacher_only reads only A; the layout needs B).
     """
@@ -115,8 +115,8 @@ def prepare_real_teacher_data(out: Path, size: int) -> Path:
 
     facades_test = list_images(SHARED / "facades_unpaired" / "testA")
     shoes_test = list_images(SHARED / "edges2shoes_subset" / "val")
-    add("train", list_images(SHARED / "facades_unpaired" / "trainA"), "facades")
-    add("train", list_images(SHARED / "edges2shoes_subset" / "train")[:400], "shoes", halves=True)
+    add("train", list_images(SHARED / "facades_unpaired" / "trainA")[:192], "facades")
+    add("train", list_images(SHARED / "edges2shoes_subset" / "train")[:192], "shoes", halves=True)
     add("val", facades_test[:20], "facades")
     add("val", shoes_test[:20], "shoes", halves=True)
     add("test", facades_test[20:], "facades")
@@ -134,7 +134,8 @@ def task_overrides(task: str, out: Path, size: int) -> dict:
     data = prepare_real_teacher_data(out, size)
     # the photos are already size x size: a deterministic preprocess, so the teacher cache is used
     return {"data.mode": "unaligned", "data.root": str(data), "data.preprocess": "none", "data.crop_size": size,
-            "data.flip": False, "data.max_images": None, "data.val_split": "val", "eval_images": 128}
+            "data.flip": False, "data.max_images": None, "data.serial": True, "data.val_split": "val",
+            "eval_images": 200}
 
 
 def run_one(run_dir: Path, overrides: dict, seconds: float, threads: int) -> None:
