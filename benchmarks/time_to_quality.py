@@ -89,7 +89,8 @@ def prepare_real_teacher_data(out: Path, size: int) -> Path:
     """A CycleGAN-layout folder of real photos, each a centre square resized to ``size`` px (PNG).
 
     trainA: the first 192 of facades_unpaired/trainA and the photo halves of the first 192
-    edges2shoes_subset/train pairs (the teacher cache of 4 feature taps takes ~8 MiB a photo); valA (chooses the best checkpoint): the first 20 of facades_unpaired/testA and of
+    edges2shoes_subset/train pairs (the teacher cache of 4 feature taps takes ~8 MiB a photo);
+    valA (chooses the best checkpoint): the first 20 of facades_unpaired/testA and of
     edges2shoes_subset/val; testA (the figures): the rest of those and the 24 Kodak photos.
     The B folders link to the A ones (teacher_only reads only A; the layout needs B).
     """
