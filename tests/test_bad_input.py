@@ -649,6 +649,36 @@ def _(t):
     return Case(distill(t, "--set", "optim.lr=.nan"), ["optim.lr"])
 
 
+@row("distill_time_not_a_duration")
+def _(t):
+    distill_world(t)
+    return Case(distill(t, "--time", "10 minutes"), ["bad duration", "10 minutes"], absent=[t / "runs" / "r"])
+
+
+@row("distill_time_negative")
+def _(t):
+    distill_world(t)
+    return Case(distill(t, "--time=-5m"), ["bad duration", "-5m"], absent=[t / "runs" / "r"])
+
+
+@row("config_set_unknown_schedule")
+def _(t):
+    distill_world(t)
+    return Case(distill(t, "--set", "optim.schedule=step"), ["optim.schedule", "step"], absent=[t / "runs" / "r"])
+
+
+@row("config_set_warmup_out_of_range")
+def _(t):
+    distill_world(t)
+    return Case(distill(t, "--set", "optim.warmup=1.5"), ["optim.warmup", "[0, 1)"], absent=[t / "runs" / "r"])
+
+
+@row("config_set_gan_start_negative")
+def _(t):
+    distill_world(t)
+    return Case(distill(t, "--set", "loss.gan_start=-0.5"), ["loss.gan_start"], absent=[t / "runs" / "r"])
+
+
 for _flag, _value, _key in [
     ("--steps", "0", "steps"), ("--steps", "-5", "steps"), ("--batch-size", "0", "batch_size"),
     ("--batch-size", "-2", "batch_size"), ("--size", "0", "crop_size"), ("--size", "-32", "crop_size"),
