@@ -77,6 +77,18 @@ def test_time_flag_trains_for_the_given_time(tmp_path, capsys):
     assert f"finished {steps} steps" in out
 
 
+def test_time_flag_lifts_a_presets_time_limit(tmp_path):
+    """The main preset's time_limit guards its own 510 s budget; --time 5s with a preset guard of 2 s trains 5 s."""
+    teacher = tiny_teacher(tmp_path / "t.safetensors")
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("time_limit: 2\noptim:\n  time: 1\n  schedule: cosine\n")
+    assert main(["distill", "--config", str(preset), "--teacher", str(teacher), "--size", "32", "--batch-size", "2",
+                 "--time", "5s", "--name", "l", "--out-dir", str(tmp_path), "--set", "data.max_images=4",
+                 "--set", "data.mode=builtin", "--set", "loss.feat=0", *TINY]) == 0
+    last = [r for r in read_log(tmp_path / "l") if "lr" in r][-1]
+    assert last["time"] > 4.0  # not cut at 90% of the preset's 2 s
+
+
 def test_time_budget_resumes_with_the_time_already_spent(tmp_path, monkeypatch):
     """A stopped --time run, resumed, trains only for what is left of its budget."""
     import os

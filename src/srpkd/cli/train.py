@@ -77,6 +77,8 @@ def flag_overrides(args) -> list[str]:
     ]
     if args.time is None and (args.steps is not None or args.epochs is not None):
         pairs.append(("optim.time", 0))  # a step or epoch count given on the command line beats a preset's time
+    if args.time is not None:
+        pairs.append(("time_limit", 0))  # the budget given ends training; a preset's guard for its own budget does not
     out = []
     for key, value in pairs:
         if value is not None:
