@@ -70,8 +70,8 @@ def test_time_flag_trains_for_the_given_time(tmp_path, capsys):
     wall = time.time() - t0
     log = [r for r in read_log(tmp_path / "b") if "lr" in r]
     steps = log[-1]["step"]
-    assert steps > 20  # far beyond the first plan's warm-up: it was re-planned from real step times
-    assert 3.5 <= log[-1]["time"] < 4.0 + 3.0 and wall < 30  # ends within a re-plan (10 steps) of the budget
+    assert 20 <= steps < 1000  # re-planned from real step times (the first plan is the preset's 1000 steps)
+    assert 3.5 <= log[-1]["time"] < 4.0 + 5.0 and wall < 60  # ends within a re-plan (10 steps) of the budget
     assert log[-1]["lr"] < 0.05 * max(r["lr"] for r in log)  # decayed to ~0 at the end of the budget
     out = capsys.readouterr().out
     assert f"finished {steps} steps" in out
@@ -101,7 +101,7 @@ def test_time_budget_resumes_with_the_time_already_spent(tmp_path, monkeypatch):
 
     def step(self, batch, i):
         out = real(self, batch, i)
-        if i == 30 and not self.resume:
+        if i == 12 and not self.resume:
             os.kill(os.getpid(), signal.SIGTERM)
         return out
 
@@ -111,12 +111,12 @@ def test_time_budget_resumes_with_the_time_already_spent(tmp_path, monkeypatch):
     assert main(["distill", "--name", "r", *args]) == 128 + signal.SIGTERM
     _, meta = load_tensors(tmp_path / "r" / "checkpoints" / "last.safetensors")
     spent = meta["elapsed"]
-    assert meta["step"] == 31 and 0 < spent < 5
+    assert meta["step"] == 13 and 0 < spent < 5
     t0 = time.time()
     assert main(["distill", "--resume", str(tmp_path / "r"), "--quiet"]) == 0
     resumed_for = time.time() - t0
     last = [r for r in read_log(tmp_path / "r") if "lr" in r][-1]
-    assert last["step"] > 31 and 4.5 <= last["time"] < 8.0  # the budget counts the first process too
+    assert last["step"] > 13 and 4.5 <= last["time"] < 10.0  # the budget counts the first process too
     assert resumed_for < 5.0 - spent + 10.0  # not a fresh 5 s budget on top of set-up
 
 
