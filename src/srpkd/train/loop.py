@@ -207,6 +207,9 @@ class Trainer:
         self.step = int(meta["step"])
         self.best = meta.get("best")
         self.elapsed_before = float(meta.get("elapsed", 0.0))
+        if self.budget is not None:  # continue the time budget's last plan until it re-plans
+            self.total_steps = max(self.step, int(meta.get("scheduler", {}).get("total", self.total_steps)))
+            self.sched.set_total(self.total_steps)
         if self.step >= self.total_steps:
             log.info(f"the run already reached step {self.step} of {self.total_steps}")
 
