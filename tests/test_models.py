@@ -5,7 +5,8 @@ import torch
 
 from srpkd import SrpkdError, create_discriminator, create_generator, list_models, load_generator, save_generator
 from srpkd.cli.main import main
-from srpkd.models import count_macs, count_params
+from srpkd.models import count_macs, count_params, norm_layer
+from srpkd.models.base import InstanceNorm2d
 
 GENERATORS = [
     "resnet_9blocks", "resnet_6blocks", "skip_resnet_9blocks", "mobile_resnet_9blocks", "unet_128", "unet_256"
@@ -89,6 +90,33 @@ def test_norm_variants_and_dropout():
     assert any(isinstance(m, torch.nn.InstanceNorm2d) and m.affine for m in g.modules())
     b = create_generator("resnet_6blocks", ngf=4, norm="batch")
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in b.modules())
+
+
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_instance_norm_fast_path_equals_torch_instance_norm(affine, channels_last):
+    """The group-norm form of instance norm: same output and gradients as nn.InstanceNorm2d (float rounding)."""
+    torch.manual_seed(0)
+    fast = InstanceNorm2d(8, affine=affine)
+    ref = torch.nn.InstanceNorm2d(8, affine=affine)
+    if affine:
+        torch.nn.init.normal_(fast.weight, 1.0, 0.5), torch.nn.init.normal_(fast.bias, 0.0, 0.5)
+        ref.load_state_dict(fast.state_dict())
+    x = (3 * torch.randn(2, 8, 12, 10) + 5)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    xs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+    g = torch.randn(2, 8, 12, 10)
+    outs = [m(xi) for m, xi in zip((fast, ref), xs)]
+    for o in outs:
+        (o * g).sum().backward()
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=1e-5, atol=1e-5)
+    if affine:
+        torch.testing.assert_close(fast.weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fast.bias.grad, ref.bias.grad, rtol=1e-5, atol=1e-5)
+    assert list(fast.state_dict()) == list(ref.state_dict())
+    assert isinstance(norm_layer("instance", 4), InstanceNorm2d)
 
 
 def test_mobile_uses_depthwise_convolutions():

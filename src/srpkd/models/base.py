@@ -12,16 +12,31 @@ from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..errors import SrpkdError
+
+
+class InstanceNorm2d(nn.InstanceNorm2d):
+    """``nn.InstanceNorm2d`` without running statistics, computed as a group norm with one channel per group.
+
+    Same parameters, state dict and result (within float rounding: 1e-6 on unit-scale
+    inputs); on the CPU ``F.group_norm`` is 2-4x faster than instance norm, which
+    runs through ``batch_norm`` on a reshaped copy (BENCHMARKS.md section 3).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or self.track_running_stats:
+            return super().forward(x)
+        return F.group_norm(x, self.num_features, self.weight, self.bias, self.eps)
 
 
 def norm_layer(norm: str, channels: int) -> nn.Module:
     """``instance`` (no affine, as in CycleGAN), ``instance_affine``, ``batch`` or ``none``."""
     if norm == "instance":
-        return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+        return InstanceNorm2d(channels, affine=False, track_running_stats=False)
     if norm == "instance_affine":
-        return nn.InstanceNorm2d(channels, affine=True, track_running_stats=False)
+        return InstanceNorm2d(channels, affine=True, track_running_stats=False)
     if norm == "batch":
         return nn.BatchNorm2d(channels, affine=True, track_running_stats=True)
     if norm == "none":
