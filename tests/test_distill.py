@@ -1,13 +1,16 @@
 """KD terms: built by tap name, checked by a dry run, in the generator loss; the teacher stays frozen; caching."""
 from __future__ import annotations
 
+import os
+import subprocess
+
 import pytest
 import torch
 
 from srpkd import SrpkdError, create_generator
 from srpkd.config import load_config
 from srpkd.distill import KDTerms, TapMismatch
-from srpkd.train.data import collate
+from srpkd.train.data import collate, iterate
 from srpkd.train.loop import Trainer
 from train_helpers import tiny_teacher
 
@@ -100,3 +103,72 @@ def test_random_data_is_never_cached(tmp_path):
     tr = _trainer(tmp_path, teacher, "data.fixed_crops=false", "cache_teacher=true")
     assert tr.prepare_cache().startswith("teacher cache: off (the training transform is random")
     assert tr.teacher.cache is None
+
+
+def _losses(tr, steps):
+    it = iterate(tr.data, 2, tr.cfg.seed, 0, 0, 1)
+    return [tr.train_step(next(it)[1], step) for step in range(steps)]
+
+
+def test_draw_cache_matches_no_cache_in_its_first_draws(tmp_path):
+    """cache_draws K: the first K epochs draw the same crops as without it; the teacher's view differs only by
+    the float16 rounding of the stored images and features."""
+    teacher = tiny_teacher(tmp_path / "t.safetensors")
+    random = ["data.fixed_crops=false", "data.flip=true", "loss.srp=1000", "loss.feat=1"]
+    plain = _trainer(tmp_path, teacher, *random, name="plain")
+    drawn = _trainer(tmp_path, teacher, *random, "cache_draws=2", name="drawn")
+    assert plain.prepare_cache().startswith("teacher cache: off")
+    assert drawn.prepare_cache().startswith("teacher cache: 2 draws x 4 items")
+    a, b = _losses(plain, 4), _losses(drawn, 4)  # 2 batches per epoch: epochs 0 and 1
+    for step, (la, lb) in enumerate(zip(a, b)):
+        assert la.keys() == lb.keys()
+        for k in la:  # the first step sees the rounding alone; Adam then carries it into the weights
+            assert lb[k] == pytest.approx(la[k], rel=2e-3 if step == 0 else 3e-2, abs=1e-6), (step, k)
+    assert bool(drawn.teacher.draws.filled.all())
+
+
+def test_draw_cache_repeats_the_draws_and_runs_the_teacher_once_per_slot(tmp_path, monkeypatch):
+    teacher = tiny_teacher(tmp_path / "t.safetensors")
+    tr = _trainer(tmp_path, teacher, "data.fixed_crops=false", "data.flip=true", "cache_draws=2", "loss.srp=1000")
+    tr.prepare_cache()
+    for i in range(4):
+        e0, e2, e1 = tr.data[(0, i)], tr.data[(2, i)], tr.data[(1, i)]
+        assert torch.equal(e0["A"], e2["A"]) and e0["draw"] == e2["draw"] == 0 and e1["draw"] == 1
+        assert not torch.equal(e0["A"], e1["A"])  # another crop / flip
+    computed = []
+    real = type(tr.teacher).compute
+    monkeypatch.setattr(type(tr.teacher), "compute", lambda self, x: computed.append(len(x)) or real(self, x))
+    _losses(tr, 8)  # 4 epochs of 2 batches: the teacher runs in epochs 0 and 1 only
+    assert computed == [2, 2, 2, 2]
+    slots = tr.teacher.draws
+    x = collate([tr.data[(3, i)] for i in range(2)])
+    direct = tr.teacher.compute(x["A"])
+    cached = tr.teacher(x["A"], x["index"], x["draw"])
+    torch.testing.assert_close(cached.out, direct.out, rtol=0, atol=2e-3)  # float16 on [-1, 1]
+    for k in cached.feats:
+        torch.testing.assert_close(cached.feats[k], direct.feats[k], rtol=2e-3, atol=2e-3)
+    assert slots.bytes_per_slot > 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_draw_cache_on_a_full_disk_is_one_line_and_leaves_no_files(tmp_path, capsys):
+    """A real 512 KiB tmpfs: the run folder fits, the draw cache (100 draws) does not."""
+    from srpkd.cli.main import main
+
+    teacher = tiny_teacher(tmp_path / "t.safetensors")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("mount -t tmpfs is not permitted here")
+    try:
+        code = main(["distill", "--teacher", str(teacher), "--size", "32", "--batch-size", "2", "--out-dir", str(mnt),
+                     "--name", "r", "--steps", "2", "--quiet", "--set", "data.max_images=6",
+                     "--set", "data.fixed_crops=false", "--set", "cache_draws=100", "--set", "threads=1",
+                     "--set", "student.ngf=4", "--set", "discriminator.ndf=8"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2, err
+        assert err[-1].startswith("srpkd: error: cannot create the teacher cache in ") and "No space left" in err[-1]
+        assert "Traceback" not in "\n".join(err)
+        assert not list((mnt / "r" / "teacher_cache").rglob("*.bin"))
+    finally:
+        subprocess.run(["umount", str(mnt)])

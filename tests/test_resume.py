@@ -103,3 +103,16 @@ def test_resume_before_the_first_checkpoint_starts_again(tmp_path, capsys):
                         load_state(killed / "checkpoints" / "last.safetensors"))
     steps = [rec["step"] for rec in read_log(killed) if any(x.startswith("loss/") for x in rec)]
     assert steps == [1, 2]
+
+
+def test_resume_with_the_draw_cache(tmp_path, monkeypatch):
+    """cache_draws 2, random crops and flips: killed in epoch 1 (some slots filled, some not), resumed into epochs
+    2-3 that only read the cache: bit-identical to the uninterrupted run."""
+    teacher = tiny_teacher(tmp_path / "t.safetensors")
+    args = ["distill", "--teacher", str(teacher), "--size", "32", "--batch-size", "2", "--out-dir", str(tmp_path),
+            "--deterministic", "--set", "data.max_images=6", "--set", "data.fixed_crops=false",
+            "--set", "data.flip=true", "--set", "loss.srp=100", "--set", "loss.feat=1", "--set", "cache_draws=2",
+            "--set", "ckpt_every=2", *TINY]
+    _straight_vs_resumed(tmp_path, monkeypatch, args, n=10)
+    files = {p.name for p in (tmp_path / "half" / "teacher_cache" / "A.rank0").iterdir()}
+    assert {"meta.json", "out.bin", "sq_norms.encoder.bin", "tap.encoder.bin"} <= files

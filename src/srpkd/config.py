@@ -139,6 +139,9 @@ class Config:
     eval_images: int = 16
     eval_test: bool = False  # with data.val_split: measure the test split too at every validation (quality curves)
     cache_teacher: bool = True  # reuse teacher outputs/features when the data are deterministic
+    # random crops/flips: K augmented draws per item (epoch e uses draw e % K), the teacher's outputs of each
+    # kept on disk in float16 after first use (srpkd.distill.draws); 0: a new draw every epoch, no cache
+    cache_draws: int = 0
     channels_last: bool = False
     compile: bool = False
     amp: str = "none"  # none | bf16
@@ -336,7 +339,8 @@ def validate(cfg: Config) -> None:
     for name in ("gan", "l1", "cycle", "identity", "kd", "srp", "feat", "sp", "at"):
         need(getattr(cfg.loss, name) >= 0, f"loss.{name} must not be negative")
     for name in (
-        "log_every", "sample_every", "ckpt_every", "eval_every", "keep_last", "eval_images", "pool_size", "threads"
+        "log_every", "sample_every", "ckpt_every", "eval_every", "keep_last", "eval_images", "pool_size", "threads",
+        "cache_draws",
     ):
         need(getattr(cfg, name) >= 0, f"{name} must not be negative")
     need(cfg.time_limit >= 0, "time_limit must not be negative")

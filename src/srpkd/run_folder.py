@@ -12,6 +12,7 @@
         checkpoints/last.safetensors   the training state to resume from (srpkd.train.state)
         checkpoints/best.safetensors   the state at the best validation metric
         checkpoints/step_0000500.safetensors   periodic states, the newest keep_last kept
+        teacher_cache/A.rank0/         cache_draws: the teacher's outputs of K draws per item (srpkd.distill.draws)
         metrics.json                   srpkd eval
         profile.json                   srpkd profile -o (student); profile_teacher.json for the teacher
         report.html                    srpkd report
@@ -34,6 +35,7 @@ METRICS = "metrics.json"
 PROFILE = "profile.json"
 PROFILE_TEACHER = "profile_teacher.json"
 REPORT = "report.html"
+TEACHER_CACHE = "teacher_cache"
 
 
 def step_checkpoint(step: int) -> str:

@@ -13,6 +13,10 @@ also keeps the squared row norms of the teacher's relation matrix
 returned as :attr:`TeacherOutput.sq_norms`: the relation loss then skips the
 teacher's C_t x C_t Gram matrix on every step (measured in BENCHMARKS.md).
 
+With a random training transform, ``cache_draws`` keeps the teacher's view of K
+augmented draws per item on disk instead (:mod:`.draws`); lookups are then by
+(draw, index).
+
 Teachers are loaded from a spec (``builtin:vintagify``, a checkpoint or a run
 folder) by :func:`srpkd.assets.resolve_teacher`, the one loader that training,
 ``srpkd eval`` and ``srpkd report`` share.
@@ -28,6 +32,7 @@ from tqdm import tqdm
 
 from ..errors import SrpkdError
 from ..losses.relation import relation_sq_norms
+from .draws import DrawCache
 
 log = logging.getLogger("srpkd.distill")
 
@@ -61,6 +66,8 @@ class Teacher:
         self.channels_last = channels_last
         self.amp = amp
         self.cache: dict[str, torch.Tensor] | None = None
+        self.draws: DrawCache | None = None  # cache_draws: the (draw, item) slots on disk
+        self.draw_items = 0  # items per draw (slot = draw * draw_items + index)
 
     @property
     def generator(self) -> nn.Module:
@@ -97,8 +104,29 @@ class Teacher:
         self.cache_mib = sum(t.numel() * t.element_size() for t in self.cache.values()) / 2**20
         log.debug(f"teacher cache: {n} items, {self.cache_mib:.0f} MiB")
 
-    def __call__(self, x: torch.Tensor, index: torch.Tensor | None = None) -> TeacherOutput:
-        """Teacher output and features for a batch; from the cache when it is filled and ``index`` is given."""
+    def use_draws(self, cache: DrawCache, items: int) -> None:
+        """Serve batches from ``cache``, slot ``draw * items + index`` (see :mod:`.draws`)."""
+        self.draws, self.draw_items = cache, items
+
+    def _from_draws(self, x: torch.Tensor, slots: torch.Tensor) -> TeacherOutput:
+        """The batch's view from the draw cache; a batch with unfilled slots is computed whole and they are stored."""
+        slots = slots.cpu()
+        miss = self.draws.missing(slots)
+        if bool(miss.any()):
+            o, f, _ = self.compute(x)
+            f = {k: v.half().float() for k, v in f.items()}  # the stored precision, also for the row norms
+            new = {"out": o, **{f"tap.{k}": f[k] for k in self.taps}}
+            new.update({f"sq_norms.{k}": relation_sq_norms(f[k]) for k in self.norm_taps})
+            self.draws.put(slots[miss], {k: v[miss.to(v.device)] for k, v in new.items()})
+        got = self.draws.get(slots, self.device)
+        return TeacherOutput(got["out"], {k: got[f"tap.{k}"] for k in self.taps},
+                             {k: got[f"sq_norms.{k}"] for k in self.norm_taps})
+
+    def __call__(self, x: torch.Tensor, index: torch.Tensor | None = None,
+                 draw: torch.Tensor | None = None) -> TeacherOutput:
+        """Teacher output and features for a batch; from a cache when one is in use and ``index`` is given."""
+        if self.draws is not None and index is not None and draw is not None:
+            return self._from_draws(x, draw.cpu() * self.draw_items + index.cpu())
         if self.cache is not None and index is not None:
             idx = index.to(self.cache["out"].device)
             feats = {k: self.cache[f"tap.{k}"][idx] for k in self.taps}

@@ -40,18 +40,24 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 class SeededDataset(Dataset):
     """Wrap a dataset: item ``(epoch, i)`` is ``base[i]`` drawn with the seed of (seed, epoch, i).
 
-    The returned dict gets an ``"index"`` entry (the base index, used by the teacher cache).
+    With ``draws`` K > 0 the augmentation repeats every K epochs: epoch ``e`` draws
+    item ``i`` as epoch ``e % K`` does (the teacher's draw cache, ``cache_draws``).
+    The returned dict gets an ``"index"`` entry (the base index, used by the teacher
+    caches) and, with ``draws``, a ``"draw"`` entry (``e % K``).
     """
 
-    def __init__(self, base: Dataset, seed: int) -> None:
+    def __init__(self, base: Dataset, seed: int, draws: int = 0) -> None:
         self.base = base
         self.seed = seed
+        self.draws = draws
 
     def __len__(self) -> int:
         return len(self.base)
 
     def __getitem__(self, key):
         epoch, index = key if isinstance(key, tuple) else (0, key)
+        if self.draws:
+            epoch %= self.draws
         s = sample_seed(self.seed, epoch, index)
         py_state, np_state = random.getstate(), np.random.get_state()
         try:
@@ -65,6 +71,8 @@ class SeededDataset(Dataset):
             np.random.set_state(np_state)
         item = dict(item)
         item["index"] = index
+        if self.draws:
+            item["draw"] = epoch
         return item
 
 
@@ -83,6 +91,18 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, wor
     order = (perm * (need // n + 1))[:need]
     mine = order[rank::world]
     return [[(epoch, i) for i in mine[b * batch_size : (b + 1) * batch_size]] for b in range(nb)]
+
+
+def visited_slots(n: int, batch_size: int, seed: int, steps: int, rank: int, world: int, draws: int) -> torch.Tensor:
+    """The draw-cache slots (``draw * n + index``) this rank's first ``steps`` steps visit, in no order."""
+    nb = batches_per_epoch(n, batch_size, world)
+    full, rest = divmod(steps, nb)
+    seen = torch.zeros(draws * n, dtype=torch.bool)
+    for epoch in range(full + (1 if rest else 0)):
+        batches = epoch_batches(n, batch_size, seed, epoch, rank, world)
+        keys = [i for b in (batches if epoch < full else batches[:rest]) for _, i in b]
+        seen[(epoch % draws) * n + torch.tensor(keys, dtype=torch.long)] = True
+    return seen.nonzero().flatten()
 
 
 def collate(items: list[dict]) -> dict:

@@ -49,10 +49,13 @@ class Direction:
         return self.fG(x), {}
 
     def teacher_out(self, x: torch.Tensor, batch: dict) -> TeacherOutput | None:
-        """The teacher's view of the batch (from its cache, by dataset index, once that is filled)."""
-        if self.teacher is None:
+        """The teacher's view of the batch (from its cache by dataset index, or its draw cache by (draw, index))."""
+        t = self.teacher
+        if t is None:
             return None
-        return self.teacher(x, batch["index"] if self.teacher.cache is not None else None)
+        if t.cache is None and t.draws is None:
+            return t(x)
+        return t(x, batch["index"], batch.get("draw"))
 
     def kd_losses(self, s_out: torch.Tensor, s_feats: dict[str, torch.Tensor],
                   t: TeacherOutput | None) -> dict[str, torch.Tensor]:
