@@ -102,6 +102,7 @@ def test_instance_norm_exports_as_instance_normalization(exported):
         proto = onnx.load(str(exported[name][1]["onnx"]))
         ops = {n.op_type for n in proto.graph.node}
         assert "InstanceNormalization" in ops and "Pad" in ops and "ConvTranspose" in ops
+        assert "Reshape" not in ops  # not the training path's group norm (models.base.InstanceNorm2d)
 
 
 def test_static_export_has_fixed_shape(tmp_path, capsys):

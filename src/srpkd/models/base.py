@@ -22,12 +22,13 @@ class InstanceNorm2d(nn.InstanceNorm2d):
 
     Same parameters, state dict and result (within float rounding: 1e-6 on unit-scale
     inputs); on the CPU ``F.group_norm`` is 2-4x faster than instance norm, which
-    runs through ``batch_norm`` on a reshaped copy (BENCHMARKS.md section 3).
+    runs through ``batch_norm`` on a reshaped copy (BENCHMARKS.md section 2). An ONNX
+    export keeps torch's instance norm, which ONNX has as one operator.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or self.track_running_stats:
-            return super().forward(x)
+        if x.dim() != 4 or self.track_running_stats or torch.onnx.is_in_onnx_export():
+            return super().forward(x)  # ONNX: one InstanceNormalization node, not a group norm's reshapes
         return F.group_norm(x, self.num_features, self.weight, self.bias, self.eps)
 
 
