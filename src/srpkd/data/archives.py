@@ -4,7 +4,7 @@ Every member is checked before anything is written: an archive with a link
 (symbolic or hard), a device, a FIFO, an absolute path or a path with a
 ``..`` component is refused whole, so nothing can land outside the target
 folder or point outside it. Tar archives are then extracted with tarfile's
-``filter="data"`` as well (Python 3.11.4+). A truncated or corrupt archive
+``filter="data"`` as well, where Python has it (3.10.12+, 3.11.4+). A truncated or corrupt archive
 is one :class:`SrpkdError` naming it.
 """
 from __future__ import annotations
@@ -81,7 +81,9 @@ def extract(archive: str | Path, dest: str | Path) -> Path:
         else:
             with tarfile.open(archive, "r:*") as tf:
                 members = _tar_members(archive, tf)
-                tf.extractall(dest, members=members, filter="data")
+                # filter="data" (3.10.12+, 3.11.4+) as a second guard; the checks above already refuse the same
+                safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+                tf.extractall(dest, members=members, **safe)
     except SrpkdError:
         raise
     except OSError as e:
