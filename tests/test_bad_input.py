@@ -923,6 +923,95 @@ def _(t):
     return Case(["eval", str(t / "runs" / "ghost"), "-q"], ["ghost"])
 
 
+# -- srpkd relmap, srpkd data, train mode (issue 16)
+
+
+def _relmap_world(t: Path) -> list[str]:
+    tiny_generator(t / "student.safetensors")
+    tiny_generator(t / "teacher.safetensors", ngf=8)
+    write_image(t / "photo.png", 40, 30)
+    return ["relmap", str(t / "student.safetensors"), str(t / "photo.png"), "--teacher", str(t / "teacher.safetensors")]
+
+
+@row("relmap_pixel_outside_image")
+def _(t):
+    return Case(_relmap_world(t) + ["--pixels", "40,3", "-o", str(t / "r.png")], ["40,3", "outside", "40x30"],
+                absent=[t / "r.png"])
+
+
+@row("relmap_pixel_not_x_y")
+def _(t):
+    return Case(_relmap_world(t) + ["--pixels", "12", "-o", str(t / "r.png")], ["--pixels", "X,Y"],
+                absent=[t / "r.png"])
+
+
+@row("relmap_output_not_png")
+def _(t):
+    return Case(_relmap_world(t) + ["-o", str(t / "r.jpg")], ["r.jpg", ".png"], absent=[t / "r.jpg"])
+
+
+@row("relmap_checkpoint_without_teacher")
+def _(t):
+    tiny_generator(t / "student.safetensors")
+    write_image(t / "photo.png", 40, 30)
+    return Case(["relmap", str(t / "student.safetensors"), str(t / "photo.png"), "-o", str(t / "r.png")],
+                ["student.safetensors", "--teacher"], absent=[t / "r.png"])
+
+
+@row("relmap_unknown_tap")
+def _(t):
+    return Case(_relmap_world(t) + ["--tap", "nowhere", "-o", str(t / "r.png")], ["nowhere", "encoder"],
+                absent=[t / "r.png"])
+
+
+@row("data_download_unknown_dataset")
+def _(t):
+    return Case(["data", "download", "horse3zebra", str(t / "ds"), "--host", "http://127.0.0.1:9"],
+                ["horse3zebra", "horse2zebra"], absent=[t / "ds"])
+
+
+@row("data_download_into_a_folder_that_is_not_empty")
+def _(t):
+    (t / "ds").mkdir()
+    (t / "ds" / "mine.txt").write_bytes(b"keep")
+    return Case(["data", "download", "facades", str(t / "ds"), "--host", "http://127.0.0.1:9"], ["ds", "not empty"],
+                intact={t / "ds" / "mine.txt": b"keep"})
+
+
+@row("data_download_host_unreachable")
+def _(t):
+    return Case(["data", "download", "facades", str(t / "ds"), "--host", "http://127.0.0.1:9", "--retries", "0",
+                 "-q"], ["facades.tar.gz", "run the same command again"], absent=[t / "ds"])
+
+
+@row("data_combine_folder_missing")
+def _(t):
+    write_image(t / "A" / "1.png", 16, 16)
+    return Case(["data", "combine", str(t / "A"), str(t / "nothere"), str(t / "AB")], ["nothere"],
+                absent=[t / "AB"])
+
+
+@row("data_combine_halves_of_different_sizes")
+def _(t):
+    write_image(t / "A" / "1.png", 16, 16)
+    write_image(t / "B" / "1.png", 20, 16)
+    return Case(["data", "combine", str(t / "A"), str(t / "B"), str(t / "AB")], ["1.png", "--size"],
+                absent=[t / "AB" / "train" / "1.png"], no_tmp_in=[t / "AB" / "train"])
+
+
+@row("translate_train_mode_of_an_onnx_export")
+def _(t):
+    (t / "m.onnx").write_bytes(b"not even read")
+    return Case(["translate", str(t / "m.onnx"), str(_translate_inputs(t)), str(t / "out"), "--train-mode"],
+                ["m.onnx", "eval mode"], absent=[t / "out"])
+
+
+@row("eval_train_mode_with_images")
+def _(t):
+    write_image(t / "gen" / "0.png", 32, 32)
+    return Case(["eval", "--images", str(t / "gen"), "--real", str(t / "gen"), "--train-mode"], ["--train-mode"])
+
+
 # ----------------------------------------------------------------------------- the tests
 
 SUBPROCESS_ROWS = [

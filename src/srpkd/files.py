@@ -116,6 +116,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def durable_replace(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Rename a finished file (e.g. a download's ``.part``) over ``dst``: its data and the rename reach the disk."""
+    src, dst = Path(src), Path(dst)
+    try:
+        with open(src, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(src, dst)
+    except OSError as e:
+        raise SrpkdError(f"cannot write {dst}: {e.strerror or e}") from None
+    _fsync_dir(dst.parent if str(dst.parent) else Path("."))
+    return dst
+
+
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     """Write ``data`` as indented JSON (with a final newline) atomically; return the path."""
     path = Path(path)

@@ -34,6 +34,8 @@ def load_runner(
     runtime: str | None = None,
     threads: int | None = None,
     device: str | torch.device | None = None,
+    mode: str = "eval",
+    seed: int = 0,
 ) -> Runner:
     """A runner for a module, a checkpoint / run folder, an ``.onnx`` or a ``.torchscript`` file.
 
@@ -43,9 +45,14 @@ def load_runner(
     ONNX Runtime's intra-op threads; by default it uses ``torch.get_num_threads()``, so that
     ``torch.set_num_threads`` (global for PyTorch) governs both runtimes. ``device`` is where
     PyTorch runs (default: a module stays where it is, files load on the CPU).
+    ``mode="train"`` runs a PyTorch generator as pix2pix's test.py does without ``--eval``
+    (see :mod:`srpkd.models.modes`; ``seed`` seeds its dropout); exports were traced in eval
+    mode and cannot run that way.
     """
     if runtime not in (None, "torch", "onnx"):
         raise SrpkdError(f"unknown runtime {runtime!r}; choose torch or onnx")
+    if mode == "train":
+        _refuse_train_mode(model, runtime)
     if device is not None:
         device = resolve_device(device)
     if isinstance(model, Runner):
@@ -55,7 +62,7 @@ def load_runner(
     if isinstance(model, nn.Module):
         if runtime == "onnx":
             return OnnxRunner(to_verified_onnx(model), threads=threads)
-        return TorchRunner(model, device)
+        return TorchRunner(model, device, mode=mode, seed=seed)
     path = Path(model)
     suffix = path.suffix.lower()
     if suffix in ONNX_SUFFIXES:
@@ -66,7 +73,21 @@ def load_runner(
         if runtime == "onnx":
             raise SrpkdError(f"{path} is a TorchScript file: run it with --runtime torch, or pass the srpkd checkpoint")
         return TorchScriptRunner(path, device or "cpu")
-    return load_runner(load_generator(path), runtime, threads, device)
+    return load_runner(load_generator(path), runtime, threads, device, mode, seed)
+
+
+def _refuse_train_mode(model, runtime: str | None) -> None:
+    """Train mode needs the PyTorch module: exports and ONNX Runtime were traced in eval mode."""
+    if isinstance(model, Runner):
+        what = f"an existing {model.runtime} runner"
+    elif runtime == "onnx":
+        what = "ONNX Runtime"
+    elif not isinstance(model, nn.Module) and Path(model).suffix.lower() in ONNX_SUFFIXES + TORCHSCRIPT_SUFFIXES:
+        what = f"the export {Path(model).name}"
+    else:
+        return
+    raise SrpkdError(f"train mode runs a srpkd checkpoint or run folder in PyTorch, not {what} "
+                     "(exports are traced in eval mode)")
 
 
 # --------------------------------------------------------------------------- padding

@@ -3,8 +3,9 @@
 ``write_report(run_dir)`` writes ``run_dir/report.html``: the resolved config,
 a teacher-vs-student table (parameters, MACs, latency when ``profile.json``
 is present, FID/KID and fidelity from ``metrics.json``), the sample grid
-(``samples.png``: input | teacher | student | target) and the loss curves
-drawn from ``log.jsonl``. ``write_comparison(run_dirs, out)`` puts several
+(``samples.png``: input | teacher | student | target), the relation maps of
+teacher and student on the first held-out image (:mod:`srpkd.relmap`) and the
+loss curves drawn from ``log.jsonl``. ``write_comparison(run_dirs, out)`` puts several
 runs side by side, one column per run. Anything missing is shown as
 "not measured"; a report never fails because a run is incomplete.
 """
@@ -30,6 +31,9 @@ from .config import load_config
 from .errors import SrpkdError
 from .files import atomic_path
 from .models import count_macs, count_params
+from .plots import figure_png, pyplot
+from .relmap import RelationMaps, held_out_relation_maps
+from .relmap import render as render_relation_maps
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;
@@ -101,6 +105,16 @@ def _config(run: Path) -> tuple[Any, str | None]:
         return None, text
 
 
+def _relation_maps(cfg, teacher, student) -> tuple[RelationMaps | None, str]:
+    """(relation maps on the run's first held-out image, or None and why there are none)."""
+    if cfg is None or teacher is None or student is None:
+        return None, "the run's config, teacher or student could not be read"
+    try:
+        return held_out_relation_maps(cfg, teacher, student), ""
+    except SrpkdError as e:
+        return None, str(e)
+
+
 def _model_info(model, size: int) -> dict:
     info = {"params": count_params(model), "arch": getattr(model, "arch", None),
             "kwargs": getattr(model, "arch_kwargs", {})}
@@ -126,16 +140,19 @@ def collect(run_dir: str | os.PathLike) -> dict:
     info["samples"] = run / run_folder.SAMPLES if (run / run_folder.SAMPLES).is_file() else None
     student = teacher = None
     try:
-        student = _model_info(load_generator(run), size)
+        student = load_generator(run)
     except SrpkdError:
         pass
     spec = cfg.teacher.checkpoint if cfg else None
     if spec:
         try:
-            teacher = _model_info(resolve_teacher(spec), size)
+            teacher = resolve_teacher(spec)
         except SrpkdError:
             pass
-    info["student"], info["teacher"], info["teacher_spec"] = student, teacher, spec
+    info["student"] = _model_info(student, size) if student is not None else None
+    info["teacher"] = _model_info(teacher, size) if teacher is not None else None
+    info["teacher_spec"] = spec
+    info["relation_maps"], info["relation_maps_missing"] = _relation_maps(cfg, teacher, student)
     return info
 
 
@@ -162,12 +179,7 @@ def loss_curves_png(records: list[dict]) -> bytes | None:
     keys = sorted({k for r in records for k, v in r.items() if k.startswith("loss/") and isinstance(v, (int, float))})
     if not keys:
         return None
-    # lazy: selecting the Agg backend is process-wide, so only a report that draws may do it (and it costs 0.5 s)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # after use("Agg"): pyplot fixes its backend when imported
-
+    plt = pyplot()
     cols = min(3, len(keys))
     rows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
@@ -190,10 +202,7 @@ def loss_curves_png(records: list[dict]) -> bytes | None:
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 def _fmt(value, fmt: str) -> str:
@@ -296,6 +305,20 @@ def _images(info: dict) -> str:
             "<figcaption>input | teacher | student | target (samples.png)</figcaption></figure>")
 
 
+def _relation_maps_html(info: dict) -> str:
+    maps = info["relation_maps"]
+    if maps is None:
+        return f'<p class="na">no relation maps: {html.escape(info["relation_maps_missing"])}</p>'
+    distances = ", ".join(f"{d:.3f}" for d in maps.distances.tolist())
+    caption = (f"Rows of the semantic relation matrix at tap '{maps.tap}', teacher and student, for "
+               f"{len(maps.pixels)} query pixels of the first image of the test split: how much "
+               f"each pixel's features resemble the query pixel's. ||R_t - R_s||² per pixel: {distances} "
+               f"(0: the teacher's row exactly). <code>srpkd relmap {html.escape(info['name'])} IMAGE "
+               f"--pixels X,Y -o out.png</code> draws them for any image.")
+    return (f'<figure><img alt="relation maps of {html.escape(info["name"])}" '
+            f'src="{_png_data_uri(render_relation_maps(maps))}"><figcaption>{caption}</figcaption></figure>')
+
+
 def _curves(info: dict) -> str:
     png = loss_curves_png(info["log"])
     if png is None:
@@ -323,6 +346,7 @@ def render_run(info: dict) -> str:
          f'teacher {html.escape(str(info["teacher_spec"]))}</p>'),
         "<h2>Metrics</h2>", _run_table(info),
         "<h2>Samples</h2>", _images(info),
+        "<h2>Relation maps</h2>", _relation_maps_html(info),
         "<h2>Loss curves</h2>", _curves(info),
         "<h2>Configuration</h2>",
         f"<pre>{html.escape(info['config_text'])}</pre>" if info["config_text"] else '<p class="na">no config.yaml</p>',

@@ -32,6 +32,7 @@ import torch.nn as nn
 from ._version import __version__
 from .checkpoint import generator_record
 from .errors import SrpkdError, first_line
+from .models.modes import MODES, train_mode_forward
 
 METADATA_KEY = "srpkd"  # ONNX metadata_props key; TorchScript stores METADATA_FILE
 METADATA_FILE = "srpkd.json"
@@ -138,30 +139,44 @@ class Runner:
 
 
 class TorchRunner(Runner):
-    """A PyTorch module, run in eval mode without autograd (its own mode is restored afterwards).
+    """A PyTorch module, run without autograd (its own mode is restored afterwards).
 
     Without ``device`` the module stays where it is and inputs go to its device.
+    ``mode="eval"`` (default) runs it in eval mode; ``mode="train"`` runs it as
+    pytorch-CycleGAN-and-pix2pix's test.py does without ``--eval``
+    (:func:`srpkd.models.modes.train_mode_forward`: each image normalised by its
+    own BatchNorm statistics, dropout on with masks seeded by ``seed``).
     """
 
     runtime = "torch"
 
-    def __init__(self, model: nn.Module, device: str | torch.device | None = None) -> None:
+    def __init__(self, model: nn.Module, device: str | torch.device | None = None, mode: str = "eval",
+                 seed: int = 0) -> None:
+        if mode not in MODES:
+            raise SrpkdError(f"unknown network mode {mode!r}; choose one of: {', '.join(MODES)}")
         if device is not None:
             model = model.to(device)
         else:
             device = next((p.device for p in model.parameters()), torch.device("cpu"))
         self.model = model
         self.device = torch.device(device)
+        self.mode, self.seed = mode, seed
         # A module not built by srpkd has no declared multiple: it gets no padding.
         self.size_multiple = int(getattr(model, "size_multiple", 1))
         self.metadata = {"arch": getattr(model, "arch", type(model).__name__)}
 
+    def describe(self) -> str:
+        return super().describe() + (" in train mode (pix2pix test.py without --eval)" if self.mode == "train" else "")
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+        if self.mode == "train":
+            return train_mode_forward(self.model, x, self.seed).float().cpu().numpy()
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.inference_mode():
-                out = self.model(torch.from_numpy(np.ascontiguousarray(x)).to(self.device))
+                out = self.model(x)
         finally:
             self.model.train(was_training)
         return out.float().cpu().numpy()

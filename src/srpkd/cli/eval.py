@@ -8,6 +8,7 @@ from ..errors import SrpkdError
 from ..files import write_json
 from ..metrics.evaluate import Scorer, default_output, evaluate_run, score_folders
 from ..metrics.fid import FeatureCache
+from .translate import add_train_mode_arguments
 
 
 def register(sub) -> None:
@@ -39,6 +40,7 @@ def register(sub) -> None:
     p.add_argument("-o", "--out", help="metrics JSON path (default: RUN/metrics.json or CKPT.metrics.json)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_train_mode_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -51,6 +53,8 @@ def run(args) -> int:
         raise SrpkdError("--real goes with --images")
     if args.images and args.target:
         raise SrpkdError("give a run/checkpoint or --images DIR, not both")
+    if args.images and args.train_mode:
+        raise SrpkdError("--train-mode runs a generator; --images scores images already generated")
     if not args.images and not args.target:
         raise SrpkdError("give a run folder or checkpoint, or --images DIR with --real DIR or --data DIR")
     device = resolve_device(args.device)
@@ -66,7 +70,8 @@ def run(args) -> int:
         if teacher is not None and teacher.lower() == "none":
             teacher = ""
         result = evaluate_run(args.target, data=args.data, mode=args.mode, direction=args.direction, teacher=teacher,
-                              size=args.size, max_images=args.max_images, scorer=scorer)
+                              size=args.size, max_images=args.max_images, scorer=scorer,
+                              network_mode="train" if args.train_mode else "eval", seed=args.seed)
         out = args.out or default_output(args.target)
     if out:
         path = write_json(out, result)
@@ -116,7 +121,8 @@ def format_table(result: dict) -> str:
         if ref:
             cached = ", cached" if ref.get("cached") else ""
             reference = f"; reference: {ref['name']} ({ref['count']} images{cached})"
-        lines.append(f"{direction}: {r['n_images']} test images{reference}")
+        mode = ", networks in train mode (pix2pix test.py without --eval)" if r.get("network_mode") == "train" else ""
+        lines.append(f"{direction}: {r['n_images']} test images{reference}{mode}")
         header = f"  {'metric':<10}" + "".join(f"{c + (' vs teacher' if c == 'fidelity' else ''):>22}" for c in cols)
         lines.append(header)
         for k in METRIC_ORDER:

@@ -13,9 +13,10 @@ import sys
 from .._version import __version__
 from ..errors import SrpkdError
 from . import eval as eval_
-from . import export, import_, info, profile, report, train, translate
+from . import data, export, import_, info, profile, relmap, report, train, translate
 
-COMMANDS = [info, import_, train, eval_, profile, report, export, translate]  # in the order --help lists them
+# in the order --help lists them
+COMMANDS = [info, import_, data, train, eval_, profile, report, relmap, export, translate]
 
 
 class _Parser(argparse.ArgumentParser):

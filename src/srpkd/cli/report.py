@@ -7,7 +7,7 @@ from ..report import write_comparison, write_report
 def register(sub) -> None:
     p = sub.add_parser(
         "report",
-        help="self-contained HTML report (config, metrics, samples, loss curves) of one or more runs",
+        help="self-contained HTML report (config, metrics, samples, relation maps, loss curves) of one or more runs",
         description=(
             "One run: writes RUN/report.html. Several runs: one page with a column per run (default "
             "./report.html). Metrics come from RUN/metrics.json (srpkd eval) and latency from RUN/profile.json "

@@ -12,6 +12,10 @@ the file name. JPEG inputs give JPEG outputs, everything else PNG, unless
 ``--overwrite``. An unreadable image is reported on stderr, skipped, and
 makes the command fail at the end ("N of M images failed"); the others are
 still written. Images of equal (padded) size are batched together.
+
+Mode. Generators run in eval mode unless ``--train-mode``, which runs them as
+pytorch-CycleGAN-and-pix2pix's test.py does without ``--eval`` (BatchNorm by
+each image's own statistics, dropout on; :mod:`srpkd.models.modes`).
 """
 from __future__ import annotations
 
@@ -62,7 +66,18 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--threads", type=int, help="CPU threads for PyTorch / ONNX Runtime (default: theirs)")
     p.add_argument("--device", help="PyTorch device for checkpoints and TorchScript, e.g. cuda (default: cpu)")
+    add_train_mode_arguments(p)
     p.set_defaults(func=run)
+
+
+def add_train_mode_arguments(p) -> None:
+    """--train-mode and --seed, shared by translate and eval (docs/metrics.md, "Train-mode evaluation")."""
+    p.add_argument(
+        "--train-mode", action="store_true",
+        help="run the generator as pytorch-CycleGAN-and-pix2pix's test.py does without --eval: BatchNorm uses "
+             "each image's own statistics, dropout stays on (to reproduce results made that way)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="with --train-mode: the seed of the dropout masks (default 0)")
 
 
 def output_name(src: Path, ext: str | None) -> str:
@@ -163,7 +178,8 @@ def run(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    runner = load_runner(args.model, args.runtime, args.threads, device)
+    runner = load_runner(args.model, args.runtime, args.threads, device, mode="train" if args.train_mode else "eval",
+                         seed=args.seed)
     fixed = runner.fixed_shape
     if fixed is not None and args.size != tuple(fixed[2:]):
         raise SrpkdError(

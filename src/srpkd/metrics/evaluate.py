@@ -37,6 +37,7 @@ from ..checkpoint import load_generator
 from ..config import check_task_data, load_config, task_for_data
 from ..data.datasets import build_dataset, check_same_size
 from ..errors import SrpkdError
+from ..models.modes import forward
 from . import image as image_metrics
 from .fid import FeatureCache, content_key, extract_features, fid_from_features, kid_from_features
 from .inception import inception
@@ -147,9 +148,12 @@ def perceptual_mean(a: torch.Tensor, b: torch.Tensor, scorer: Scorer) -> float |
 
 @torch.no_grad()
 def translate(
-    models: dict[str, torch.nn.Module], dataset: Dataset, scorer: Scorer, keep_target: bool
+    models: dict[str, torch.nn.Module], dataset: Dataset, scorer: Scorer, keep_target: bool,
+    network_mode: str = "eval", seed: int = 0,
 ) -> dict[str, torch.Tensor]:
-    """Run every model on every test input (batched); returns CPU tensors in [-1, 1]."""
+    """Run every model on every test input (batched); returns CPU tensors in [-1, 1].
+
+    ``network_mode="train"``: as pix2pix's test.py without ``--eval`` (:mod:`srpkd.models.modes`)."""
     outs: dict[str, list[torch.Tensor]] = {name: [] for name in models}
     outs["input"], outs["target"] = [], []
     loader = _loader(dataset, scorer.batch)
@@ -159,7 +163,7 @@ def translate(
         if keep_target:
             outs["target"].append(batch["B"])
         for name, model in models.items():
-            y = model(x)
+            y = forward(model, x, network_mode, seed)
             outs[name].append(y.float().clamp(-1, 1).cpu())
     return {k: torch.cat(v) for k, v in outs.items() if v}
 
@@ -222,8 +226,13 @@ def evaluate_generator(
     teacher: torch.nn.Module | None = None,
     max_images: int | None = None,
     scorer: Scorer | None = None,
+    network_mode: str = "eval",
+    seed: int = 0,
 ) -> dict:
-    """Score one direction of a generator (and its teacher, when given) on a test split."""
+    """Score one direction of a generator (and its teacher, when given) on a test split.
+
+    ``network_mode="train"`` runs student and teacher as pytorch-CycleGAN-and-pix2pix's test.py does
+    without ``--eval`` (docs/metrics.md, "Train-mode evaluation"); ``seed`` seeds their dropout."""
     scorer = scorer or Scorer()
     teacher_multiple = getattr(teacher, "size_multiple", 4) if teacher is not None else 1
     multiple = max(getattr(student, "size_multiple", 4), teacher_multiple)
@@ -239,10 +248,13 @@ def evaluate_generator(
     models = {"student": student.to(scorer.device).eval()}
     if teacher is not None:
         models["teacher"] = teacher.to(scorer.device).eval()
-    out = translate(models, dataset, scorer, keep_target=has_target)
+    out = translate(models, dataset, scorer, keep_target=has_target, network_mode=network_mode, seed=seed)
     feats = {name: scorer.features(out[name], f"features {name}") for name in models}
 
-    result: dict[str, Any] = {"n_images": len(dataset), "direction": direction, "size": size}
+    result: dict[str, Any] = {"n_images": len(dataset), "direction": direction, "size": size,
+                              "network_mode": network_mode}
+    if network_mode == "train":
+        result["seed"] = seed
     if ref is not None:
         ref_ds, key, files, desc, info = ref
         real, cached = scorer.dataset_features(ref_ds, key, files, desc, info)
@@ -271,6 +283,8 @@ def evaluate_run(
     size: int | None = None,
     max_images: int | None = None,
     scorer: Scorer | None = None,
+    network_mode: str = "eval",
+    seed: int = 0,
 ) -> dict:
     """Evaluate a run folder (its config gives data, task and teachers) or a bare checkpoint.
 
@@ -307,14 +321,15 @@ def evaluate_run(
     t0 = time.perf_counter()
     directions = {direction: evaluate_generator(
         student, task=task, mode=mode, root=root, direction=direction, test_split=test_split, train_split=train_split,
-        size=size, teacher=teacher_model, max_images=max_images, scorer=scorer)}
+        size=size, teacher=teacher_model, max_images=max_images, scorer=scorer, network_mode=network_mode, seed=seed)}
     student_b = target / run_folder.STUDENT_B if target.is_dir() else None
     if task == "unpaired" and student_b is not None and student_b.is_file():
         teacher_b = cfg.teacher.checkpoint_B if cfg else None
         directions[OTHER[direction]] = evaluate_generator(
             load_generator(student_b), task=task, mode=mode, root=root, direction=OTHER[direction],
             test_split=test_split, train_split=train_split, size=size,
-            teacher=resolve_teacher(teacher_b) if teacher_b else None, max_images=max_images, scorer=scorer)
+            teacher=resolve_teacher(teacher_b) if teacher_b else None, max_images=max_images, scorer=scorer,
+            network_mode=network_mode, seed=seed)
     return {
         "format": FORMAT,
         "kind": "generator",
