@@ -101,3 +101,24 @@ def test_time_to_quality_quick_is_resumable(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0 and "srpkd distill" not in proc.stdout + proc.stderr  # nothing re-run
     assert json.loads((tdir / "default_preset_seed0" / "ttq.json").read_text()) == old
+
+
+def test_step_speedup_quick_against_the_baseline_commit():
+    """Workers on this checkout and on the commit before the speed-ups, interleaved; ratios to the baseline."""
+    if subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", "1e9c55c^{commit}"], capture_output=True).returncode:
+        pytest.skip("the baseline commit is not in this clone (shallow)")
+    rows = run_script("step_speedup.py", "--quick", "--variants", "base_random,new_draws,base_cached,new_cached")
+    by = {r["variant"]: r for r in rows if "variant" in r}
+    assert set(by) == {"base_random", "new_draws", "base_cached", "new_cached"}
+    assert by["new_draws"]["reference"] == "base_random" and by["new_cached"]["reference"] == "base_cached"
+    assert by["base_random"]["speedup_cpu"] == 1.0 and by["new_draws"]["fill_ms_per_step"] > 0
+    for r in by.values():
+        assert r["ms_per_step"] > 0 and r["timed_steps"] == 1
+    num = next(r["numerics"] for r in rows if "numerics" in r)
+    assert num["bf16_teacher_psnr_db"] > 40 and num["fp16_image_max_abs"] < 1e-3
+
+
+def test_step_speedup_names_a_missing_baseline():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_speedup.py"), "--quick",
+                           "--baseline", "0123456789abcdef"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("step_speedup.py: error: cannot export commit")

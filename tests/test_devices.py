@@ -6,7 +6,7 @@ import torch
 
 from srpkd import SrpkdError
 from srpkd.cli.main import main
-from srpkd.devices import resolve_device
+from srpkd.devices import native_bf16, resolve_amp, resolve_device
 
 
 @pytest.fixture
@@ -58,3 +58,11 @@ def test_errors_are_one_line(no_gpu, name, message):
 def test_every_command_says_it_the_same_way(no_gpu, argv, capsys):
     assert main(argv) == 2
     assert capsys.readouterr().err.strip() == "srpkd: error: --device cuda: no CUDA GPU is available here"
+
+
+def test_amp_auto_is_bf16_exactly_where_the_cpu_has_bf16_instructions():
+    cpu = torch.device("cpu")
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert native_bf16(cpu) == native
+    assert resolve_amp("auto", cpu) == ("bf16" if native else "none")
+    assert resolve_amp("none", cpu) == "none" and resolve_amp("bf16", cpu) == "bf16"

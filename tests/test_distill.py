@@ -172,3 +172,21 @@ def test_draw_cache_on_a_full_disk_is_one_line_and_leaves_no_files(tmp_path, cap
         assert not list((mnt / "r" / "teacher_cache").rglob("*.bin"))
     finally:
         subprocess.run(["umount", str(mnt)])
+
+
+def test_bf16_training_reports_float32_figures(tmp_path):
+    """amp bf16 trains in bf16, but the held-out figures are those of the float32 student and teacher."""
+    teacher = tiny_teacher(tmp_path / "t.safetensors")
+    tr = _trainer(tmp_path, teacher, "amp=bf16", "loss.srp=1000")
+    assert tr.cfg.amp == "bf16"
+    _losses(tr, 2)
+    got = tr.evaluate()
+    x = tr.validation.batch["A"]
+    with torch.no_grad():
+        was = tr.G.training
+        tr.G.eval()
+        s, t = tr.G(x), tr.teacher.model(x)
+        tr.G.train(was)
+    p = tr.validation.prefix
+    assert got[p + "l1_to_teacher"] == pytest.approx(float((s - t).abs().mean()), rel=1e-5)
+    assert got[p + "copy_l1_to_teacher"] == pytest.approx(float((x - t).abs().mean()), rel=1e-5)

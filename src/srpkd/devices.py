@@ -63,3 +63,22 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return cpu_name()
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 in hardware: a CUDA GPU that supports it, or a CPU with
+    AVX512-BF16 or AMX (where oneDNN's bf16 convolutions are ~2x faster than float32; without them
+    they are emulated and slower)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return False
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """The ``amp`` setting as run: ``auto`` is ``bf16`` where :func:`native_bf16`, else ``none``."""
+    if amp == "auto":
+        return "bf16" if native_bf16(device) else "none"
+    return amp
+

@@ -52,6 +52,7 @@ class KDTerms(nn.Module):
         self.weights = {name: float(getattr(loss_cfg, name)) for name in ("kd",) + FEATURE_TERMS}
         self.taps = {name: list(dict.fromkeys(getattr(loss_cfg, f"{name}_taps"))) for name in FEATURE_TERMS}
         self.srp_method = loss_cfg.srp_method
+        self.srp_precision = loss_cfg.srp_precision
         for name in FEATURE_TERMS:
             if self.weights[name] > 0 and not self.taps[name]:
                 raise SrpkdError(f"loss.{name} > 0 but loss.{name}_taps is empty")
@@ -127,7 +128,8 @@ class KDTerms(nn.Module):
             out["kd" + sfx] = self.weights["kd"] * L.output_kd_loss(s_out, t_out)
         if self.active("srp"):
             terms = [L.semantic_relation_loss(t_feats[t], s_feats[t], method=self.srp_method,
-                                              teacher_sq_norms=t_sq_norms.get(t)) for t in self.taps["srp"]]
+                                              teacher_sq_norms=t_sq_norms.get(t), precision=self.srp_precision)
+                     for t in self.taps["srp"]]
             out["srp" + sfx] = self.weights["srp"] * sum(terms) / len(terms)
         if self.active("feat"):
             terms = [L.feature_kd_loss(self.adapters[t](s_feats[t]), t_feats[t]) for t in self.taps["feat"]]

@@ -74,12 +74,15 @@ class Teacher:
         return self.model
 
     @torch.no_grad()
-    def compute(self, x: torch.Tensor) -> TeacherOutput:
-        """Run the teacher on ``x`` (no relation norms: the loss computes them from the features)."""
+    def compute(self, x: torch.Tensor, amp: bool | None = None) -> TeacherOutput:
+        """Run the teacher on ``x`` (no relation norms: the loss computes them from the features).
+
+        ``amp``: bf16 autocast on or off; None follows the run's ``amp`` (held-out figures pass False).
+        """
         x = x.to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp == "bf16"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp == "bf16" if amp is None else amp):
             out, feats = self.model(x, taps=self.taps)
         return TeacherOutput(out.float(), {k: v.float() for k, v in feats.items()}, {})
 

@@ -32,8 +32,13 @@ time. The gradient has the same shape (its derivation is in
 so the extra memory is O(C^2 + N) plus about 1 MiB per chunk buffer, whatever N.
 
 Near convergence c_i is close to n_i and the subtraction cancels, so both
-methods compute in float64 whatever the input dtype (autocast off) and cast
-the result back (see :func:`result_dtype`).
+methods compute in float64 by default, whatever the input dtype (autocast
+off), and cast the result back (see :func:`result_dtype`). ``precision="float32"``
+computes the same in float32, about 3x faster on a CPU: on the main job's
+encoder features the loss agrees to 1e-6 relative at typical values and to
+2e-4 relative near convergence (loss ~5e-8), gradients to 1e-7; closer still (loss ~1e-11) the cancellation
+leaves it no digits, which is why float64 is the default (BENCHMARKS.md
+section 2; ``tests/test_losses.py``).
 """
 from __future__ import annotations
 
@@ -43,6 +48,7 @@ from torch.autograd.function import once_differentiable
 from ..errors import SrpkdError
 
 METHODS = ("factorized", "dense")
+PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
 CHUNK_ELEMENTS = 1 << 17  # float64 elements per (batch, channels, pixels) chunk buffer: 1 MiB
 
 
@@ -67,13 +73,13 @@ def _check_pair(f_teacher: torch.Tensor, f_student: torch.Tensor, what: str) -> 
         )
 
 
-def _chunks(xt: torch.Tensor, xs: torch.Tensor):
-    """Yield (slice, teacher chunk, student chunk) over the pixels, as float64 (B, C, k)."""
+def _chunks(xt: torch.Tensor, xs: torch.Tensor, dtype: torch.dtype = torch.float64):
+    """Yield (slice, teacher chunk, student chunk) over the pixels, as ``dtype`` (B, C, k)."""
     b, n = xt.shape[0], xt.shape[-1]
     k = max(1, CHUNK_ELEMENTS // (b * max(xt.shape[1], xs.shape[1])))
     for i in range(0, n, k):
         sl = slice(i, min(i + k, n))
-        yield sl, xt[..., sl].double(), xs[..., sl].double()
+        yield sl, xt[..., sl].to(dtype), xs[..., sl].to(dtype)
 
 
 def _quad(m: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -82,7 +88,7 @@ def _quad(m: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class _FactorizedRelation(torch.autograd.Function):
-    """Per-image N^2 L = sum_i (n_t,i + n_s,i - 2 c_i) from x = Q^T of shape (B, C, N); returns (B,) float64.
+    """Per-image N^2 L = sum_i (n_t,i + n_s,i - 2 c_i) from x = Q^T of shape (B, C, N); returns (B,) in ``dtype``.
 
     Gradient, with g_i = dL/ds_i = eps / r_i^4 + c_i / r_i^2 (per map),
     h_i = dL/du_i = -2 / (r_t,i r_s,i), G = X diag(g) X^T and
@@ -97,22 +103,23 @@ class _FactorizedRelation(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, xt: torch.Tensor, xs: torch.Tensor, eps: float, st_given: torch.Tensor | None = None
+        ctx, xt: torch.Tensor, xs: torch.Tensor, eps: float, st_given: torch.Tensor | None = None,
+        dtype: torch.dtype = torch.float64,
     ) -> torch.Tensor:
         b, ct, n = xt.shape
         cs = xs.shape[1]
-        f64 = dict(dtype=torch.float64, device=xt.device)
+        f64 = dict(dtype=dtype, device=xt.device)
         have_st = st_given is not None  # the teacher's s_t, precomputed (then M_t is not needed: no teacher gradient)
         mt = None if have_st else torch.zeros(b, ct, ct, **f64)
         ms, p = (torch.zeros(b, *shape, **f64) for shape in ((cs, cs), (ct, cs)))
-        for _, t, s in _chunks(xt, xs):
+        for _, t, s in _chunks(xt, xs, dtype):
             if not have_st:
                 mt.baddbmm_(t, t.mT)
             ms.baddbmm_(s, s.mT)
             p.baddbmm_(t, s.mT)
         st = st_given.to(**f64) if have_st else torch.empty(b, n, **f64)
         ss, u = (torch.empty(b, n, **f64) for _ in range(2))
-        for sl, t, s in _chunks(xt, xs):
+        for sl, t, s in _chunks(xt, xs, dtype):
             if not have_st:
                 st[:, sl] = _quad(mt, t, t)
             ss[:, sl] = _quad(ms, s, s)
@@ -128,14 +135,14 @@ class _FactorizedRelation(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         xt, xs, mt, ms, p, rt2, rs2, c = ctx.saved_tensors
         need_t, need_s = ctx.needs_input_grad[:2]
-        w = grad.double()[:, None]  # upstream gradient per image
+        w = grad.to(p.dtype)[:, None]  # upstream gradient per image
         h = -2.0 * w / (rt2 * rs2).sqrt()
         gt = w * (ctx.eps / rt2.square() + c / rt2)
         gs = w * (ctx.eps / rs2.square() + c / rs2)
         b, ct, cs = p.shape
-        f64 = dict(dtype=torch.float64, device=p.device)
+        f64 = dict(dtype=p.dtype, device=p.device)
         hh, g_t, g_s = torch.zeros(b, ct, cs, **f64), torch.zeros(b, ct, ct, **f64), torch.zeros(b, cs, cs, **f64)
-        for sl, t, s in _chunks(xt, xs):
+        for sl, t, s in _chunks(xt, xs, p.dtype):
             hh.baddbmm_(t * h[:, None, sl], s.mT)
             if need_t:
                 g_t.baddbmm_(t * gt[:, None, sl], t.mT)
@@ -143,21 +150,22 @@ class _FactorizedRelation(torch.autograd.Function):
                 g_s.baddbmm_(s * gs[:, None, sl], s.mT)
         dxt = torch.empty_like(xt) if need_t else None
         dxs = torch.empty_like(xs) if need_s else None
-        for sl, t, s in _chunks(xt, xs):
+        for sl, t, s in _chunks(xt, xs, p.dtype):
             if need_t:
                 d = (mt @ t).mul_(2 * gt[:, None, sl]).baddbmm_(g_t, t, alpha=2)
                 dxt[..., sl] = d.add_((p @ s).mul_(h[:, None, sl])).baddbmm_(hh, s)
             if need_s:
                 d = (ms @ s).mul_(2 * gs[:, None, sl]).baddbmm_(g_s, s, alpha=2)
                 dxs[..., sl] = d.add_((p.mT @ t).mul_(h[:, None, sl])).baddbmm_(hh.mT, t)
-        return dxt, dxs, None, None
+        return dxt, dxs, None, None, None
 
 
-def _relation_dense(xt: torch.Tensor, xs: torch.Tensor, eps: float) -> torch.Tensor:
-    """Per-image N^2 L through the N x N matrices, from x = Q^T of shape (B, C, N); returns (B,) float64."""
+def _relation_dense(xt: torch.Tensor, xs: torch.Tensor, eps: float, dtype: torch.dtype = torch.float64
+                    ) -> torch.Tensor:
+    """Per-image N^2 L through the N x N matrices, from x = Q^T of shape (B, C, N); returns (B,) in ``dtype``."""
 
     def relation(x: torch.Tensor) -> torch.Tensor:
-        x = x.double()
+        x = x.to(dtype)
         a = x.mT @ x  # (B, N, N)
         return a / (a.square().sum(-1, keepdim=True) + eps).sqrt()
 
@@ -170,6 +178,7 @@ def semantic_relation_loss(
     method: str = "factorized",
     eps: float = 1e-8,
     teacher_sq_norms: torch.Tensor | None = None,
+    precision: str = "float64",
 ) -> torch.Tensor:
     """L_SRP = mean over the batch of ||R_t - R_s||_F^2 / (HW)^2 (see the module docstring).
 
@@ -182,9 +191,14 @@ def semantic_relation_loss(
     then skips the teacher's C_t x C_t Gram matrix and its per-pixel quadratic
     form, the larger part of its cost when C_t > C_s; the result is the same.
     Ignored by the dense method and when ``f_teacher`` requires grad.
+
+    ``precision``: ``float64`` (default) or ``float32``, the dtype the loss is computed in.
     """
     if method not in METHODS:
         raise SrpkdError(f"unknown relation loss method {method!r}; choose one of: {', '.join(METHODS)}")
+    if precision not in PRECISIONS:
+        raise SrpkdError(f"unknown relation loss precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    dtype = PRECISIONS[precision]
     _check_pair(f_teacher, f_student, "semantic_relation_loss")
     out_dtype = result_dtype(f_teacher, f_student)
     xt, xs = f_teacher.flatten(2), f_student.flatten(2)
@@ -196,9 +210,9 @@ def semantic_relation_loss(
             teacher_sq_norms = None
     with torch.autocast(device_type=xs.device.type, enabled=False):
         if method == "factorized":
-            per_image = _FactorizedRelation.apply(xt, xs, float(eps), teacher_sq_norms)
+            per_image = _FactorizedRelation.apply(xt, xs, float(eps), teacher_sq_norms, dtype)
         else:
-            per_image = _relation_dense(xt, xs, eps)
+            per_image = _relation_dense(xt, xs, eps, dtype)
     return (per_image.mean() / xs.shape[-1] ** 2).to(out_dtype)
 
 

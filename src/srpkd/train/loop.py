@@ -82,6 +82,7 @@ class Trainer:
         self._t0: float | None = None  # when run() began
         self.time_limited: int | None = None  # the planned steps when time_limit ended training early
         self.device = resolve_device(cfg.device)
+        cfg.amp = devices.resolve_amp(cfg.amp, self.device)  # config.yaml records what the run used
         dist.init(self.device)
         self.rank, self.world = dist.rank(), dist.world_size()
         self.main = self.rank == 0

@@ -4,6 +4,9 @@
   same figures for a copy of the input (the baseline a student must beat: ``copy_*``);
 * paired task: L1 and PSNR to the ground truth B;
 * unpaired, both directions: cycle L1 of A -> B -> A.
+
+Always in float32, also when the run trains with ``amp: bf16``: the student ships
+as a float32 network and its figures are against the float32 teacher.
 """
 from __future__ import annotations
 
@@ -42,8 +45,7 @@ class Validation:
         outs = []
         try:
             for i in range(0, len(x), chunk):
-                with self.task.autocast():
-                    outs.append(G(self.task.to_device(x[i : i + chunk])).float().cpu())
+                outs.append(G(self.task.to_device(x[i : i + chunk])).float().cpu())
         finally:
             G.train(was)
         return torch.cat(outs)
@@ -55,7 +57,8 @@ class Validation:
             return None
         if self._teacher_images is None:
             xa = self.batch["A"]
-            self._teacher_images = torch.cat([teacher.compute(xa[i : i + 8]).out.cpu() for i in range(0, len(xa), 8)])
+            self._teacher_images = torch.cat([teacher.compute(xa[i : i + 8], amp=False).out.cpu()
+                                              for i in range(0, len(xa), 8)])
         return self._teacher_images
 
     def copy_baseline(self) -> dict[str, float]:
