@@ -9,6 +9,7 @@ direction.py   :class:`Direction`: one translation direction's generator,
                discriminator, teacher, KD terms and image pool
 state.py       the checkpoint: what it holds, saving and restoring it
 data.py        reproducible data order and augmentation; the run's datasets
+caches.py      the teachers' caches: filled before training, or K draws on disk
 validation.py  held-out metrics and the sample grid
 runlog.py      log.jsonl, TensorBoard and the progress bar
 schedule.py    the learning-rate schedules (linear, cosine with warm-up)

@@ -27,11 +27,10 @@ import torch
 from .. import devices, run_folder
 from ..checkpoint import save_generator
 from ..config import Config, save_config
-from ..distill.draws import DrawCache
 from ..errors import SrpkdError
-from . import dist
+from . import caches, dist
 from .data import (SeededDataset, batches_per_epoch, check_train_sizes, eval_batch, is_deterministic, iterate,
-                   run_dataset, visited_slots)
+                   run_dataset)
 from .budget import TimeBudget
 from .runlog import RunLog, make_run_dir, truncate_log
 from .schedule import Schedule
@@ -203,7 +202,7 @@ class Trainer:
             self.save(self.run_dir / run_folder.BEST)
 
     def save(self, path: Path) -> None:
-        self._flush_draws()  # the slots filled before this checkpoint are on disk when it is (see .draws)
+        caches.flush(self.task)  # the slots filled before this checkpoint are on disk when it is (see .draws)
         save_training_state(path, self.task, self.cfg, self.distill, step=self.step, epoch=self.step // self.bpe,
                             scheduler=self.sched.state_dict(), best=self.best, elapsed=self.elapsed())
 
@@ -228,47 +227,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ the run
     def prepare_cache(self) -> str:
-        """Fill the teachers' caches when allowed; returns a line for the log."""
-        teachers = [d.teacher for d in self.task.directions if d.teacher is not None]
-        if not teachers:
-            return "teacher cache: no teacher"
-        if not self.cfg.cache_teacher:
-            return "teacher cache: off (cache_teacher: false)"
-        if self.draws:
-            return self._prepare_draws()
-        if not self.deterministic_data:
-            return ("teacher cache: off (the training transform is random; set cache_draws K to keep the "
-                    "teacher's outputs of K draws per item, or data.fixed_crops / a fixed preprocess and flip: false)")
-        t0 = time.time()
-        n = len(self.data)
-        for d in self.task.directions:
-            if d.teacher is not None:  # direction B translates the B images
-                items = self.data if d.name == "A" else [{"A": self.data[(0, i)][d.name]} for i in range(n)]
-                d.teacher.build_cache(items, desc=f"teacher cache {d.name}")
-        mib = sum(t.cache_mib for t in teachers)
-        return f"teacher cache: on ({n} fixed training items, {mib:.0f} MiB, filled in {time.time() - t0:.1f} s)"
-
-    def _prepare_draws(self) -> str:
-        """Open the draw caches (one per direction and rank); a resumed run reuses the slots its steps filled."""
-        n, k = len(self.data), self.draws
-        reused = 0
-        for d in self.task.directions:
-            if d.teacher is None:
-                continue
-            cache = DrawCache(self.run_dir / run_folder.TEACHER_CACHE / f"{d.name}.rank{self.rank}", k * n)
-            if self.resume and self.step and cache.reopen():
-                slots = visited_slots(n, self.cfg.optim.batch_size, self.cfg.seed, self.step, self.rank, self.world, k)
-                cache.mark_filled(slots)
-                reused = len(slots)
-            d.teacher.use_draws(cache, n)
-        again = f", {reused} filled slots reused" if reused else ""
-        return (f"teacher cache: {k} draws x {n} items, filled on first use (float16 in "
-                f"{self.run_dir / run_folder.TEACHER_CACHE}{again})")
-
-    def _flush_draws(self) -> None:
-        for d in self.task.directions:
-            if d.teacher is not None and d.teacher.draws is not None:
-                d.teacher.draws.flush()
+        """Set up the teachers' caches (:mod:`.caches`); returns a line for the log."""
+        return caches.prepare(self.task, self.data, self.cfg.cache_teacher, self.deterministic_data, self.draws,
+                              self.run_dir, self.step if self.resume else 0, self.cfg.optim.batch_size, self.cfg.seed,
+                              self.rank, self.world)
 
     def run(self) -> dict[str, Any]:
         self._t0 = time.time()
@@ -316,7 +278,7 @@ class Trainer:
             if self.main:
                 self._after_step(epoch, lr)
             elif self._every(cfg.ckpt_every):
-                self._flush_draws()
+                caches.flush(self.task)
             if dist.any_flag(self.stop_signal is not None, self.device):
                 if self.stop_signal is None:
                     self.stop_signal = signal.SIGTERM
