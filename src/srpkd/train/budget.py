@@ -2,12 +2,16 @@
 
 The learning-rate schedule (warm-up, decay) and the KD-only warm-up are laid
 over a number of steps. With a time budget that number is planned from the
-measured cost of a step: after a few steps, and again at every re-plan, the
-steps still to go are the time left divided by the mean time per step so far
-(teacher cache, evaluations and checkpoints included, since they spend the same
-budget). The time counts from the start of the run (the teacher cache is part
-of it) and, on resume, continues from the time the checkpoint recorded. The
-final evaluation and saves come after it (seconds).
+measured cost of a step. The loop asks for a plan every ``REPLAN_EVERY`` (10)
+steps: the first request only marks a reference point (the steps before it
+warm up allocators and caches and are not timed), and from the second on (step
+20 of a new run) the steps still to go are the time left divided by the mean
+time per step since that reference, evaluations and checkpoints included,
+since they spend the same budget. Until then the run follows its first plan
+(``optim.steps``, or a resumed run's saved plan). The time counts from the
+start of the run, so the teacher cache is part of it, and on resume continues
+from the time the checkpoint recorded. The final evaluation and saves come
+after it (seconds).
 """
 from __future__ import annotations
 
