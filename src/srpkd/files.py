@@ -9,6 +9,7 @@ removed by the next write into that folder. The result gets the permissions
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -17,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import SrpkdError
+from .errors import SrpkdError, first_line, os_error_code
 
 _TAG = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname() or "host")[:32]
 
@@ -108,12 +109,38 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(parent)
-    except OSError as e:
+    except SrpkdError:
         tmp.unlink(missing_ok=True)
-        raise SrpkdError(f"cannot write {path}: {e.strerror or e}") from None
+        raise
+    except Exception as e:
+        reason = write_failure(e, parent)  # before the unlink: the temporary file is what filled the disk
+        tmp.unlink(missing_ok=True)
+        if reason is None:
+            raise
+        raise SrpkdError(f"cannot write {path}: {reason}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_failure(e: BaseException, folder: Path) -> str | None:
+    """Why a write into ``folder`` failed, when the cause is the system's and not a bug: an ``OSError``, an errno
+    that a library reports in its own exception type (safetensors' ``SafetensorError``, PyTorch's C++ writer),
+    or a folder that is out of space whatever the library said. ``None``: a programming error, left loud."""
+    code = os_error_code(e)
+    if code is None and not isinstance(e, OSError) and _out_of_space(folder):
+        code = errno.ENOSPC
+    if code is not None:
+        return os.strerror(code)
+    return first_line(e) if isinstance(e, OSError) else None
+
+
+def _out_of_space(folder: Path) -> bool:
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # AttributeError: no statvfs on Windows
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 1024
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
@@ -122,3 +149,12 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
     return path
+
+
+def read_lines(path: Path) -> list[str]:
+    """The lines of a text file written by srpkd; bytes that are not UTF-8 (a damaged file) become U+FFFD, so the
+    line they are on fails to parse and is skipped by the reader, instead of the whole file failing."""
+    try:
+        return path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    except OSError as e:
+        raise SrpkdError(f"cannot read {path}: {e.strerror or e}") from None
