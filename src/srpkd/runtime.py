@@ -17,6 +17,7 @@ imports neither.
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -30,8 +31,9 @@ import torch
 import torch.nn as nn
 
 from ._version import __version__
-from .checkpoint import generator_record
+from .checkpoint import build_from_record, generator_record
 from .errors import SrpkdError, first_line
+from .models.sizes import min_input_size
 
 METADATA_KEY = "srpkd"  # ONNX metadata_props key; TorchScript stores METADATA_FILE
 METADATA_FILE = "srpkd.json"
@@ -136,6 +138,20 @@ class Runner:
         arch = self.metadata.get("arch", "generator")
         return f"{arch} on {self.runtime}"
 
+    def skeleton(self) -> nn.Module | None:
+        """The network rebuilt from the file's record on the ``meta`` device (shapes only), if it can be."""
+        try:
+            with torch.device("meta"):
+                return build_from_record(self.metadata, "export")
+        except SrpkdError:
+            return None
+
+    @functools.cached_property
+    def min_size(self) -> int:
+        """The smallest side the network takes (a multiple of ``size_multiple``); smaller images are padded."""
+        net = self.skeleton()
+        return min_input_size(net) if net is not None else self.size_multiple
+
 
 class TorchRunner(Runner):
     """A PyTorch module, run in eval mode without autograd (its own mode is restored afterwards).
@@ -155,6 +171,9 @@ class TorchRunner(Runner):
         # A module not built by srpkd has no declared multiple: it gets no padding.
         self.size_multiple = int(getattr(model, "size_multiple", 1))
         self.metadata = {"arch": getattr(model, "arch", type(model).__name__)}
+
+    def skeleton(self) -> nn.Module:
+        return self.model
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         was_training = self.model.training

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ..data.images import list_images, load_image, save_image
+from ..data.images import check_pixels, list_images, load_image, save_image
 from ..devices import resolve_device
 from ..errors import SrpkdError
 from ..inference import load_runner, padded_size, run_batch
@@ -109,7 +109,8 @@ def refuse_existing(jobs: list[tuple[Path, Path]]) -> None:
         raise SrpkdError(f"{existing[0]} exists{more}; use --overwrite to replace")
 
 
-def group_by_size(jobs, size: tuple[int, int] | None, multiple: int) -> dict[tuple[int, int], list[tuple[Path, Path]]]:
+def group_by_size(jobs, size: tuple[int, int] | None, multiple: int,
+                  minimum: int = 1) -> dict[tuple[int, int], list[tuple[Path, Path]]]:
     """Jobs keyed by the padded size the network will see, from image headers only (no decoding)."""
     groups: dict[tuple[int, int], list[tuple[Path, Path]]] = defaultdict(list)
     for src, dst in jobs:
@@ -121,7 +122,7 @@ def group_by_size(jobs, size: tuple[int, int] | None, multiple: int) -> dict[tup
                     hw = img.size[::-1]
             except Exception:  # the full read later names the problem
                 hw = (0, 0)
-        groups[padded_size(*hw, multiple)].append((src, dst))
+        groups[padded_size(*hw, multiple, minimum)].append((src, dst))
     return groups
 
 
@@ -138,7 +139,7 @@ def translate_batch(runner, batch: list[tuple[Path, Path]], size: tuple[int, int
     # Headers can disagree with the decoded image; keep every network call to one size anyway.
     by_size: dict[tuple[int, int], list[tuple]] = defaultdict(list)
     for img, dst in loaded:
-        by_size[padded_size(img.height, img.width, runner.size_multiple)].append((img, dst))
+        by_size[padded_size(img.height, img.width, runner.size_multiple, runner.min_size)].append((img, dst))
     for items in by_size.values():
         for out, (_, dst) in zip(run_batch(runner, [img for img, _ in items]), items):
             try:
@@ -152,8 +153,8 @@ def translate_batch(runner, batch: list[tuple[Path, Path]], size: tuple[int, int
 def run(args) -> int:
     if args.batch < 1:
         raise SrpkdError(f"--batch must be at least 1, got {args.batch}")
-    if args.size is not None and min(args.size) < 1:
-        raise SrpkdError(f"--size must be positive, got {args.size[0]}x{args.size[1]}")
+    if args.size is not None:
+        check_pixels(*args.size)
     if args.threads is not None and args.threads < 1:
         raise SrpkdError(f"--threads must be at least 1, got {args.threads}")
     device = resolve_device(args.device) if args.device else None
@@ -180,7 +181,7 @@ def run(args) -> int:
             progress.write(f"srpkd: skipped: {message}", file=sys.stderr)
             progress.update(1)
 
-        for members in group_by_size(jobs, args.size, runner.size_multiple).values():
+        for members in group_by_size(jobs, args.size, runner.size_multiple, runner.min_size).values():
             for i in range(0, len(members), args.batch):
                 translate_batch(runner, members[i : i + args.batch], args.size, lambda: progress.update(1), fail)
     elapsed = time.perf_counter() - start

@@ -19,6 +19,21 @@ from ..files import atomic_path
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
 
+def max_pixels() -> int:
+    """The largest image srpkd makes or reads, in pixels: Pillow's decompression-bomb limit (about 89 million)."""
+    return int(Image.MAX_IMAGE_PIXELS or 89_478_485)
+
+
+def check_pixels(height: int, width: int, what: str = "--size") -> None:
+    """One line for a size that is not positive, or too large to hold: more pixels than an image srpkd reads
+    may have (``--size 200000`` would otherwise try to allocate 120 GB, or take minutes to fail)."""
+    if height <= 0 or width <= 0:
+        raise SrpkdError(f"{what} must be positive, got {height}x{width}")
+    if height * width > max_pixels():
+        raise SrpkdError(f"{what} {height}x{width} is {height * width:,} pixels, more than the "
+                         f"{max_pixels():,} that srpkd handles")
+
+
 def is_image_file(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
 
