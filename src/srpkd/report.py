@@ -28,7 +28,7 @@ from .assets import resolve_teacher
 from .checkpoint import load_generator
 from .config import load_config
 from .errors import SrpkdError
-from .files import atomic_path
+from .files import atomic_path, read_lines
 from .models import count_macs, count_params
 
 CSS = """
@@ -66,9 +66,9 @@ FIDELITY_ROWS = [
 
 def _read_json(path: Path) -> dict | None:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes())
         return data if isinstance(data, dict) else None
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
         return None
 
 
@@ -76,15 +76,15 @@ def read_log(path: Path) -> list[dict]:
     """Records of log.jsonl; unreadable lines (e.g. a line cut by a crash) are skipped."""
     records = []
     try:
-        lines = path.read_text().splitlines()
-    except OSError:
+        lines = read_lines(path)
+    except SrpkdError:
         return records
     for line in lines:
         try:
             rec = json.loads(line)
-        except ValueError:
+        except ValueError:  # a line cut by a crash, or bytes that are not UTF-8 (read as U+FFFD)
             continue
-        if isinstance(rec, dict):
+        if isinstance(rec, dict) and isinstance(rec.get("step", 0), (int, float)):
             records.append(rec)
     return records
 
