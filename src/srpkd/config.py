@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -384,14 +385,23 @@ def validate(cfg: Config) -> None:
     ):
         need(getattr(cfg, name) >= 0, f"{name} must not be negative")
     need(cfg.time_limit >= 0, "time_limit must not be negative")
+    need(cfg.name is None or is_plain_name(cfg.name),
+         f"name {short_repr(cfg.name)} must be a plain folder name (no '/', not '.' or '..'): a run stays in out_dir")
     need(cfg.data.num_workers >= 0, "data.num_workers must not be negative")
     need(cfg.data.max_images is None or cfg.data.max_images > 0, "data.max_images must be positive")
+
+
+def is_plain_name(name: str) -> bool:
+    """A name that stays inside its folder: one path component, not ``.`` or ``..``, no NUL."""
+    seps = {"/", "\\"} | ({os.altsep} if os.altsep else set())
+    return bool(name) and name not in (".", "..") and not any(s in name for s in seps) and "\0" not in name
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
+def save_config(cfg: Config, path: str | Path, exclusive: bool = False) -> None:
+    """Write the resolved config; ``exclusive``: only if ``path`` does not exist (:class:`srpkd.files.FileTaken`)."""
+    with atomic_path(path, exclusive=exclusive) as tmp:
         tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -81,11 +81,33 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+class FileTaken(SrpkdError):
+    """An exclusive write found its target already there (another process made it first)."""
+
+
+def _publish_exclusive(tmp: Path, path: Path) -> None:
+    """Give ``tmp`` the name ``path`` only if no file has it: ``link`` is atomic and refuses an existing name."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileTaken(f"{path} exists") from None
+    except OSError:  # a file system without hard links: claim the name, then replace the empty claim
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            raise FileTaken(f"{path} exists") from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, exclusive: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it over ``path``.
 
-    On any error the temporary file is removed and ``path`` is untouched.
+    On any error the temporary file is removed and ``path`` is untouched. With
+    ``exclusive`` an existing ``path`` is never replaced: :class:`FileTaken` is
+    raised instead, atomically (of two processes, exactly one gets the name).
     """
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
@@ -107,7 +129,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if exclusive:
+            _publish_exclusive(tmp, path)
+        else:
+            os.replace(tmp, path)
         _fsync_dir(parent)
     except SrpkdError:
         tmp.unlink(missing_ok=True)

@@ -111,6 +111,11 @@ class Trainer:
         if resume:
             self._restore(self.run_dir / run_folder.LAST)
 
+    def set_run_dir(self, run_dir: Path) -> None:
+        """The folder this run writes (the name claimed after every check has passed)."""
+        self.run_dir = Path(run_dir)
+        self.runlog.run_dir = self.run_dir
+
     # the student direction's parts (CLI summary, benchmarks, tests)
     G = property(lambda self: self.task.student.G)
     D = property(lambda self: self.task.student.D)
