@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ..data.images import check_pixels, list_images, load_image, save_image
+from ..data.images import check_pixels, list_images, load_image, save_image, shown_size
 from ..devices import resolve_device
 from ..errors import SrpkdError
 from ..inference import load_runner, padded_size, run_batch
@@ -119,7 +119,7 @@ def group_by_size(jobs, size: tuple[int, int] | None, multiple: int,
         else:
             try:
                 with Image.open(src) as img:
-                    hw = img.size[::-1]
+                    hw = shown_size(img)[::-1]
             except Exception:  # the full read later names the problem
                 hw = (0, 0)
         groups[padded_size(*hw, multiple, minimum)].append((src, dst))
