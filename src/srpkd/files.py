@@ -16,7 +16,7 @@ import re
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .errors import SrpkdError, first_line, os_error_code
 
@@ -183,3 +183,16 @@ def read_lines(path: Path) -> list[str]:
         return path.read_bytes().decode("utf-8", errors="replace").splitlines()
     except OSError as e:
         raise SrpkdError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def refuse_to_replace(path: str | os.PathLike, overwrite: bool, ours: Callable[[Path], bool] | None = None) -> None:
+    """An output path the user named: an existing file there is replaced only with ``--overwrite``, or when
+    ``ours(path)`` recognises it as srpkd's own (e.g. an earlier report)."""
+    path = Path(path)
+    if path.is_dir():
+        raise SrpkdError(f"{path} is a folder; give a file name")
+    if overwrite or not (path.exists() or path.is_symlink()):
+        return
+    if ours is not None and ours(path):
+        return
+    raise SrpkdError(f"{path} exists; use --overwrite to replace it")

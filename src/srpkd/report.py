@@ -43,6 +43,18 @@ pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:.85em;max-height:30e
 img{max-width:100%;border:1px solid #ddd}figure{margin:1em 0}figcaption{color:#555;font-size:.9em}
 """
 
+GENERATOR_TAG = '<meta name="generator" content="srpkd">'  # how srpkd knows a report it may replace
+
+
+def is_srpkd_report(path: Path) -> bool:
+    """Whether ``path`` is a report srpkd wrote (its head carries GENERATOR_TAG)."""
+    try:
+        with open(path, "rb") as f:
+            return GENERATOR_TAG.encode() in f.read(4096)
+    except OSError:
+        return False
+
+
 NOT_MEASURED = '<span class="na">not measured</span>'
 
 # (label, section, key, format, direction hint)
@@ -306,7 +318,8 @@ def _curves(info: dict) -> str:
 
 def _page(title: str, body: str) -> str:
     stamp = time.strftime("%Y-%m-%d %H:%M")
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{GENERATOR_TAG}'
+            f'<title>{html.escape(title)}</title>'
             f"<style>{CSS}</style></head><body>{body}"
             f'<p class="note">srpkd {html.escape(__version__)}, {stamp}</p></body></html>')
 
