@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import dacite
 import yaml
 
-from .errors import SrpkdError, first_line, short_repr
+from .errors import SrpkdError, clip, first_line, short_repr
 from .files import atomic_path
 
 TASKS = ("teacher_only", "paired", "unpaired")
@@ -301,7 +301,7 @@ def _non_lists(cls: type, data: dict, prefix: str = "") -> list[tuple[str, Any]]
 def from_dict(data: dict[str, Any]) -> Config:
     unknown = _unknown_keys(Config, data)
     if unknown:
-        raise SrpkdError(f"unknown config key(s): {short_repr(', '.join(unknown))}")
+        raise SrpkdError(f"unknown config key(s): {clip(', '.join(unknown))}")
 
     bad = _non_lists(Config, data)
     if bad:

@@ -39,6 +39,11 @@ def short_repr(value: object) -> str:
     return _SHORT.repr(value)
 
 
+def clip(text: str, limit: int = 300) -> str:
+    """``text`` cut to ``limit`` characters (with ``...``), for a list of names in a one-line error."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def os_error_code(e: BaseException) -> int | None:
     """The errno behind ``e``: an ``OSError`` (also as the cause or context), or one a library wrote into its text.
 
