@@ -56,6 +56,7 @@ def check_one_error(rc: int, err: str, case: Case) -> str:
     assert len(lines) == 1, f"expected exactly one stderr line, got {len(lines)}:\n{err}"
     line = lines[0]
     assert line.startswith("srpkd: error: "), line
+    assert "\x1b" not in line, f"terminal codes in: {line!r}"
     for needle in case.expect:
         assert needle.lower() in line.lower(), f"{needle!r} not named in: {line}"
     for p in case.absent:
@@ -397,8 +398,8 @@ def _(t):
 
         mp.setattr(safetensors.torch, "save_file", save_file_then_enospc)
 
-    return Case(["import", str(p), str(out)], [str(out), "No space left"], intact={out: old}, no_tmp_in=[out.parent],
-                setup=setup)
+    return Case(["import", str(p), str(out), "--overwrite"], [str(out), "No space left"], intact={out: old},
+                no_tmp_in=[out.parent], setup=setup)
 
 
 @row("import_disk_full_at_fsync")
@@ -412,8 +413,8 @@ def _(t):
     def setup(mp):
         mp.setattr(os, "fsync", enospc)
 
-    return Case(["import", str(p), str(out)], [str(out), "No space left"], intact={out: old}, no_tmp_in=[out.parent],
-                setup=setup)
+    return Case(["import", str(p), str(out), "--overwrite"], [str(out), "No space left"], intact={out: old},
+                no_tmp_in=[out.parent], setup=setup)
 
 
 # -- `srpkd distill`: data, config, checkpoints, outputs, faults during the run
@@ -1010,6 +1011,197 @@ def _(t):
 def _(t):
     write_image(t / "gen" / "0.png", 32, 32)
     return Case(["eval", "--images", str(t / "gen"), "--real", str(t / "gen"), "--train-mode"], ["--train-mode"])
+
+
+# -- issue 15, class 1: sizes too small for the network (checked before any output exists)
+
+
+@row("info_size_too_small_for_the_network")
+def _(t):
+    return Case(["info", "--arch", "resnet_9blocks", "--ngf", "4", "--size", "4"], ["4x4", "too small", "8x8"])
+
+
+@row("export_size_too_small_for_the_network")
+def _(t):
+    p = tiny_generator(t / "g.safetensors")
+    return Case(["export", str(p), "-o", str(t / "g.onnx"), "--size", "4"], ["4x4", "too small", "8x8"],
+                absent=[t / "g.onnx"], no_tmp_in=[t])
+
+
+@row("profile_size_too_small_for_the_network")
+def _(t):
+    return Case(["profile", "--arch", "resnet_9blocks", "--ngf", "4", "--size", "4", "--runtime", "eager",
+                 "--runs", "1", "--warmup", "0", "-o", str(t / "p.json")], ["4x4", "too small"], absent=[t / "p.json"])
+
+
+@row("eval_size_too_small_for_the_network")
+def _(t):
+    p = tiny_generator(t / "g.safetensors")
+    write_image(t / "data" / "test" / "0.png", 64, 32)
+    write_image(t / "data" / "test" / "1.png", 64, 32, seed=1)
+    return Case(["eval", str(p), "--data", str(t / "data"), "--mode", "aligned", "-q", "--teacher", "none",
+                 "--size", "4", "--no-perceptual"], ["4x4", "too small"], absent=[t / "g.safetensors.metrics.json"])
+
+
+@row("distill_size_4")
+def _(t):
+    distill_world(t)
+    argv = distill(t)
+    argv[argv.index("--size") + 1] = "4"
+    return Case(argv, ["4x4", "too small", "discriminator"], absent=[t / "runs" / "r"])
+
+
+@row("distill_discriminator_deeper_than_the_image")
+def _(t):
+    distill_world(t)
+    return Case(distill(t, "--set", "discriminator.n_layers=6"), ["32x32", "too small", "discriminator", "192x192"],
+                absent=[t / "runs" / "r"])
+
+
+@row("distill_images_of_4x4_with_preprocess_none")
+def _(t):
+    distill_world(t)
+    for i in range(6):
+        write_image(t / "data" / "train" / f"{i}.png", 8, 4, seed=i)  # 4x4 A|B pairs
+    return Case(distill(t, "--set", "data.preprocess=none", "--set", "data.flip=false"), ["4x4", "too small"],
+                absent=[t / "runs" / "r"])
+
+
+@row("translate_size_too_large_to_hold")
+def _(t):
+    p = tiny_generator(t / "g.safetensors")
+    return Case(["translate", str(p), str(_translate_inputs(t)), str(t / "out"), "--size", "200000"],
+                ["200000x200000", "pixels"], absent=[t / "out"])
+
+
+@row("info_size_too_large_to_hold")
+def _(t):
+    return Case(["info", "--arch", "resnet_9blocks", "--ngf", "4", "--size", "1000000"], ["1000000x1000000", "pixels"])
+
+
+@row("info_width_that_cannot_be_allocated")
+def _(t):
+    # a real allocation failure: the second convolution of ngf 10^6 asks the allocator for 72 TB
+    return Case(["info", "--arch", "resnet_9blocks", "--ngf", "1000000", "--size", "8"], ["allocate"])
+
+
+@row("train_out_of_memory_is_one_line")
+def _(t):
+    """(mock) What a RuntimeError of PyTorch's allocator looks like when it escapes a command's own checks."""
+    distill_world(t)
+
+    def setup(mp):
+        import srpkd.cli.train as cli_train
+
+        def oom(*a, **k):
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: "
+                               "you tried to allocate 120000000000 bytes")
+
+        mp.setattr(cli_train, "Trainer", oom)
+
+    return Case(distill(t), ["out of memory", "--size"], absent=[t / "runs" / "r"], setup=setup)
+
+
+# -- issue 15, class 8: outputs (no file replaced that srpkd did not write, nothing outside the folder given)
+
+
+@row("distill_name_leaves_out_dir")
+def _(t):
+    distill_world(t)
+    argv = distill(t)
+    argv[argv.index("--name") + 1] = "../escaped"
+    return Case(argv, ["../escaped", "plain folder name"], absent=[t / "escaped", t / "runs"])
+
+
+@row("distill_name_with_a_slash")
+def _(t):
+    distill_world(t)
+    argv = distill(t)
+    argv[argv.index("--name") + 1] = "a/b"
+    return Case(argv, ["a/b", "plain folder name"], absent=[t / "runs"])
+
+
+@row("import_output_exists_without_overwrite")
+def _(t):
+    p = foreign_pth(t / "w.pth")
+    (t / "mine.safetensors").write_bytes(b"not srpkd's")
+    return Case(["import", str(p), str(t / "mine.safetensors")], ["mine.safetensors", "--overwrite"],
+                intact={t / "mine.safetensors": b"not srpkd's"})
+
+
+@row("eval_output_exists_without_overwrite")
+def _(t):
+    p = tiny_generator(t / "g.safetensors")
+    (t / "notes.json").write_text("mine")
+    return Case(["eval", str(p), "--data", str(t / "data"), "--mode", "aligned", "-q", "-o", str(t / "notes.json")],
+                ["notes.json", "--overwrite"], intact={t / "notes.json": b"mine"})
+
+
+@row("profile_output_exists_without_overwrite")
+def _(t):
+    (t / "notes.json").write_text("mine")
+    return Case(["profile", "--arch", "resnet_9blocks", "--ngf", "4", "--size", "32", "--runtime", "eager",
+                 "-o", str(t / "notes.json")], ["notes.json", "--overwrite"], intact={t / "notes.json": b"mine"})
+
+
+@row("report_output_exists_without_overwrite")
+def _(t):
+    (t / "run").mkdir()
+    (t / "index.html").write_text("<html>my page</html>")
+    return Case(["report", str(t / "run"), "-o", str(t / "index.html")], ["index.html", "--overwrite"],
+                intact={t / "index.html": b"<html>my page</html>"})
+
+
+@row("translate_output_folder_symlinked_elsewhere")
+def _(t):
+    p = tiny_generator(t / "g.safetensors")
+    write_image(t / "in" / "sub" / "0.png", 32, 32)
+    (t / "elsewhere").mkdir()
+    (t / "out").mkdir()
+    (t / "out" / "sub").symlink_to(t / "elsewhere")
+    return Case(["translate", str(p), str(t / "in"), str(t / "out")], ["outside the output folder"],
+                absent=[t / "elsewhere" / "0.png"])
+
+
+# -- issue 15, class 9: nonsense numbers, colour codes and library warnings
+
+
+@row("export_atol_nan")
+def _(t):
+    p = tiny_generator(t / "g.safetensors")
+    return Case(["export", str(p), "-o", str(t / "g.onnx"), "--atol", "nan"], ["--atol", "finite"],
+                absent=[t / "g.onnx"])
+
+
+@row("export_atol_inf")
+def _(t):
+    p = tiny_generator(t / "g.safetensors")
+    return Case(["export", str(p), "-o", str(t / "g.onnx"), "--atol", "inf"], ["--atol", "finite"],
+                absent=[t / "g.onnx"])
+
+
+@row("import_dropout_nan")
+def _(t):
+    p = foreign_pth(t / "w.pth")
+    return Case(["import", str(p), str(t / "o.safetensors"), "--dropout", "nan"], ["--dropout", "finite"],
+                absent=[t / "o.safetensors"])
+
+
+@row("info_library_warning_and_colour_codes")
+def _(t):
+    """(mock) A library that warns (torch's weights_only advice) and colours its message: one plain line."""
+    import warnings
+
+    def setup(mp):
+        import srpkd.cli.info as cli_info
+
+        def noisy(path):
+            warnings.warn("You are using `torch.load` with `weights_only=False`", FutureWarning, stacklevel=1)
+            raise SrpkdError("\x1b[96mexport failed\x1b[0m at\nstep 1/3")
+
+        mp.setattr(cli_info, "load_generator", noisy)
+
+    return Case(["info", str(t / "g.safetensors")], ["export failed at step 1/3"], setup=setup)
 
 
 # ----------------------------------------------------------------------------- the tests

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -18,7 +19,7 @@ from typing import Any, Iterator
 import dacite
 import yaml
 
-from .errors import SrpkdError
+from .errors import SrpkdError, clip, first_line, short_repr
 from .files import atomic_path
 
 TASKS = ("teacher_only", "paired", "unpaired")
@@ -177,10 +178,7 @@ def read_yaml(path_or_preset: str | Path) -> dict[str, Any]:
             text = path.read_text()
         except (OSError, UnicodeDecodeError) as e:
             raise SrpkdError(f"cannot read config {path}: {e}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise SrpkdError(f"config {path_or_preset} is not valid YAML: {str(e).splitlines()[0]}") from None
+    data = safe_yaml(text, f"config {path_or_preset}")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -191,13 +189,57 @@ def read_yaml(path_or_preset: str | Path) -> dict[str, Any]:
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``loss.srp=100`` -> (["loss", "srp"], 100); the value is read as YAML."""
     if "=" not in item:
-        raise SrpkdError(f"override {item!r} must look like key.sub=value")
+        raise SrpkdError(f"override {short_repr(item)} must look like key.sub=value")
     key, value = item.split("=", 1)
     try:
-        parsed = yaml.safe_load(value) if value else None
-    except yaml.YAMLError:
+        parsed = safe_yaml(value, f"--set {key.strip()}") if value else None
+    except _NotYaml:
         parsed = value
     return key.strip().split("."), parsed
+
+
+MAX_YAML_CHARS = 1 << 20  # a config is a few KB; a bigger file is not a config
+MAX_YAML_NODES = 100_000  # values after aliases are expanded: a "billion laughs" document stops here
+MAX_YAML_DEPTH = 64
+
+
+class _NotYaml(SrpkdError):
+    """Text that is not valid YAML (a ``--set`` value is then taken as a plain string)."""
+
+
+def safe_yaml(text: str, what: str) -> Any:
+    """``yaml.safe_load`` with bounds: the text's length, its nesting depth and the number of values it holds
+    once aliases are expanded (aliases are shared references when loaded, but every later walk, copy or print
+    expands them: nine levels of nine aliases are 387 million values)."""
+    if len(text) > MAX_YAML_CHARS:
+        raise SrpkdError(f"{what} is {len(text):,} characters; a config is at most {MAX_YAML_CHARS:,}")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise _NotYaml(f"{what} is not valid YAML: {first_line(e)}") from None
+    except RecursionError:
+        raise SrpkdError(f"{what} is nested too deeply") from None
+    _check_expanded_size(data, what)
+    return data
+
+
+def _check_expanded_size(data: Any, what: str) -> None:
+    """Walk ``data`` as a tree (aliases expanded), stopping at MAX_YAML_NODES values or MAX_YAML_DEPTH levels."""
+    count = 0
+    stack = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if count > MAX_YAML_NODES:
+            raise SrpkdError(f"{what} holds more than {MAX_YAML_NODES:,} values once its aliases are expanded "
+                             "(a YAML alias bomb?)")
+        if depth > MAX_YAML_DEPTH:
+            raise SrpkdError(f"{what} is nested more than {MAX_YAML_DEPTH} levels deep")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+            stack.extend((k, depth + 1) for k in value)
+        elif isinstance(value, (list, tuple, set)):
+            stack.extend((v, depth + 1) for v in value)
 
 
 def _merge(base: dict, update: dict, where: str = "") -> dict:
@@ -263,20 +305,21 @@ def _non_lists(cls: type, data: dict, prefix: str = "") -> list[tuple[str, Any]]
 def from_dict(data: dict[str, Any]) -> Config:
     unknown = _unknown_keys(Config, data)
     if unknown:
-        raise SrpkdError(f"unknown config key(s): {', '.join(unknown)}")
+        raise SrpkdError(f"unknown config key(s): {clip(', '.join(unknown))}")
 
     bad = _non_lists(Config, data)
     if bad:
         key, value = bad[0]
-        raise SrpkdError(f"config key {key} must be a list, got {value!r}")
+        raise SrpkdError(f"config key {key} must be a list, got {short_repr(value)}")
     try:
         cfg = dacite.from_dict(Config, data, config=dacite.Config(strict=True, type_hooks={float: _float}))
     except dacite.UnexpectedDataError as e:
         raise SrpkdError(f"unknown config key(s): {', '.join(sorted(e.keys))}") from None
     except dacite.WrongTypeError as e:
-        raise SrpkdError(f"config key {e.field_path} must be {_type_name(e.field_type)}, got {e.value!r}") from None
+        raise SrpkdError(f"config key {e.field_path} must be {_type_name(e.field_type)}, "
+                         f"got {short_repr(e.value)}") from None
     except (dacite.DaciteError, TypeError, ValueError) as e:
-        raise SrpkdError(f"bad config: {e}") from None
+        raise SrpkdError(f"bad config: {first_line(e)[:300]}") from None
     validate(cfg)
     return cfg
 
@@ -312,10 +355,11 @@ def validate(cfg: Config) -> None:
 
     for name, value in _float_fields(cfg):
         need(math.isfinite(value), f"{name} must be a finite number, got {value}")
-    need(cfg.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {cfg.task!r}")
-    need(cfg.directions in ("both", "AtoB"), f"directions must be both or AtoB, got {cfg.directions!r}")
-    need(cfg.data.mode in DATA_MODES, f"data.mode unknown: {cfg.data.mode!r}")
-    need(cfg.data.direction in ("AtoB", "BtoA"), f"data.direction must be AtoB or BtoA, got {cfg.data.direction!r}")
+    need(cfg.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {short_repr(cfg.task)}")
+    need(cfg.directions in ("both", "AtoB"), f"directions must be both or AtoB, got {short_repr(cfg.directions)}")
+    need(cfg.data.mode in DATA_MODES, f"data.mode unknown: {short_repr(cfg.data.mode)}")
+    need(cfg.data.direction in ("AtoB", "BtoA"),
+         f"data.direction must be AtoB or BtoA, got {short_repr(cfg.data.direction)}")
     need(cfg.data.mode == "builtin" or bool(cfg.data.root), f"data.root is required for data.mode={cfg.data.mode}")
     for name in ("load_size", "crop_size"):
         need(getattr(cfg.data, name) > 0, f"data.{name} must be positive, got {getattr(cfg.data, name)}")
@@ -325,7 +369,7 @@ def validate(cfg: Config) -> None:
          "set optim.steps, optim.epochs or optim.time to a positive number")
     need(cfg.optim.time >= 0, "optim.time must not be negative")
     need(cfg.optim.schedule in SCHEDULES, f"optim.schedule must be one of {', '.join(SCHEDULES)}, "
-                                         f"got {cfg.optim.schedule!r}")
+                                         f"got {short_repr(cfg.optim.schedule)}")
     for name, value in (("optim.warmup", cfg.optim.warmup), ("loss.gan_start", cfg.loss.gan_start)):
         need(0.0 <= value < 1.0, f"{name} must be in [0, 1), got {value}")
     need(cfg.optim.lr > 0, f"optim.lr must be positive, got {cfg.optim.lr}")
@@ -334,8 +378,9 @@ def validate(cfg: Config) -> None:
     need(0.0 <= cfg.student.dropout < 1.0, f"student.dropout must be in [0, 1), got {cfg.student.dropout}")
     need(0.0 <= cfg.optim.decay_fraction <= 1.0, "optim.decay_fraction must be in [0, 1]")
     need(cfg.student.ngf > 0 and cfg.discriminator.ndf > 0, "student.ngf and discriminator.ndf must be positive")
-    need(cfg.amp in ("none", "bf16", "auto"), f"amp must be none, bf16 or auto, got {cfg.amp!r}")
-    need(cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"), f"unknown device {cfg.device!r}")
+    need(cfg.amp in ("none", "bf16", "auto"), f"amp must be none, bf16 or auto, got {short_repr(cfg.amp)}")
+    need(cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"),
+         f"unknown device {short_repr(cfg.device)}")
     need(cfg.loss.srp_method in ("factorized", "dense"), "loss.srp_method must be factorized or dense")
     need(cfg.loss.srp_precision in ("float64", "float32"), "loss.srp_precision must be float64 or float32")
     for name in ("gan", "l1", "cycle", "identity", "kd", "srp", "feat", "sp", "at"):
@@ -346,14 +391,23 @@ def validate(cfg: Config) -> None:
     ):
         need(getattr(cfg, name) >= 0, f"{name} must not be negative")
     need(cfg.time_limit >= 0, "time_limit must not be negative")
+    need(cfg.name is None or is_plain_name(cfg.name),
+         f"name {short_repr(cfg.name)} must be a plain folder name (no '/', not '.' or '..'): a run stays in out_dir")
     need(cfg.data.num_workers >= 0, "data.num_workers must not be negative")
     need(cfg.data.max_images is None or cfg.data.max_images > 0, "data.max_images must be positive")
+
+
+def is_plain_name(name: str) -> bool:
+    """A name that stays inside its folder: one path component, not ``.`` or ``..``, no NUL."""
+    seps = {"/", "\\"} | ({os.altsep} if os.altsep else set())
+    return bool(name) and name not in (".", "..") and not any(s in name for s in seps) and "\0" not in name
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
+def save_config(cfg: Config, path: str | Path, exclusive: bool = False) -> None:
+    """Write the resolved config; ``exclusive``: only if ``path`` does not exist (:class:`srpkd.files.FileTaken`)."""
+    with atomic_path(path, exclusive=exclusive) as tmp:
         tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -9,15 +9,16 @@ removed by the next write into that folder. The result gets the permissions
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from .errors import SrpkdError
+from .errors import SrpkdError, first_line, os_error_code
 
 _TAG = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname() or "host")[:32]
 
@@ -80,11 +81,33 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+class FileTaken(SrpkdError):
+    """An exclusive write found its target already there (another process made it first)."""
+
+
+def _publish_exclusive(tmp: Path, path: Path) -> None:
+    """Give ``tmp`` the name ``path`` only if no file has it: ``link`` is atomic and refuses an existing name."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileTaken(f"{path} exists") from None
+    except OSError:  # a file system without hard links: claim the name, then replace the empty claim
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            raise FileTaken(f"{path} exists") from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, exclusive: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it over ``path``.
 
-    On any error the temporary file is removed and ``path`` is untouched.
+    On any error the temporary file is removed and ``path`` is untouched. With
+    ``exclusive`` an existing ``path`` is never replaced: :class:`FileTaken` is
+    raised instead, atomically (of two processes, exactly one gets the name).
     """
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
@@ -106,11 +129,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if exclusive:
+            _publish_exclusive(tmp, path)
+        else:
+            os.replace(tmp, path)
         _fsync_dir(parent)
-    except OSError as e:
+    except SrpkdError:
         tmp.unlink(missing_ok=True)
-        raise SrpkdError(f"cannot write {path}: {e.strerror or e}") from None
+        raise
+    except Exception as e:
+        reason = write_failure(e, parent)  # before the unlink: the temporary file is what filled the disk
+        tmp.unlink(missing_ok=True)
+        if reason is None:
+            raise
+        raise SrpkdError(f"cannot write {path}: {reason}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -129,9 +161,51 @@ def durable_replace(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     return dst
 
 
+def write_failure(e: BaseException, folder: Path) -> str | None:
+    """Why a write into ``folder`` failed, when the cause is the system's and not a bug: an ``OSError``, an errno
+    that a library reports in its own exception type (safetensors' ``SafetensorError``, PyTorch's C++ writer),
+    or a folder that is out of space whatever the library said. ``None``: a programming error, left loud."""
+    code = os_error_code(e)
+    if code is None and not isinstance(e, OSError) and _out_of_space(folder):
+        code = errno.ENOSPC
+    if code is not None:
+        return os.strerror(code)
+    return first_line(e) if isinstance(e, OSError) else None
+
+
+def _out_of_space(folder: Path) -> bool:
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # AttributeError: no statvfs on Windows
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 1024
+
+
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     """Write ``data`` as indented JSON (with a final newline) atomically; return the path."""
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
     return path
+
+
+def read_lines(path: Path) -> list[str]:
+    """The lines of a text file written by srpkd; bytes that are not UTF-8 (a damaged file) become U+FFFD, so the
+    line they are on fails to parse and is skipped by the reader, instead of the whole file failing."""
+    try:
+        return path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    except OSError as e:
+        raise SrpkdError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def refuse_to_replace(path: str | os.PathLike, overwrite: bool, ours: Callable[[Path], bool] | None = None) -> None:
+    """An output path the user named: an existing file there is replaced only with ``--overwrite``, or when
+    ``ours(path)`` recognises it as srpkd's own (e.g. an earlier report)."""
+    path = Path(path)
+    if path.is_dir():
+        raise SrpkdError(f"{path} is a folder; give a file name")
+    if overwrite or not (path.exists() or path.is_symlink()):
+        return
+    if ours is not None and ours(path):
+        return
+    raise SrpkdError(f"{path} exists; use --overwrite to replace it")

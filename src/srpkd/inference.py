@@ -3,9 +3,10 @@
 The runners themselves (PyTorch eager, a TorchScript file, an ONNX Runtime
 session) are in :mod:`srpkd.runtime`; :func:`load_runner` picks one for a
 module, a checkpoint or an exported file. Images of any size are padded by
-reflection up to the next multiple of the runner's ``size_multiple`` (split
-evenly between the two sides) and the output is cropped back, so the result
-always has the input's size.
+reflection up to the next multiple of the runner's ``size_multiple``, and at
+least to the smallest size its network takes (``min_size``: a 1x1 image becomes
+8x8 for a ResNet), split evenly between the two sides, and the output is
+cropped back, so the result always has the input's size.
 """
 from __future__ import annotations
 
@@ -93,8 +94,10 @@ def _refuse_train_mode(model, runtime: str | None) -> None:
 # --------------------------------------------------------------------------- padding
 
 
-def padded_size(height: int, width: int, multiple: int) -> tuple[int, int]:
-    """The smallest (H, W) at least (height, width) that are multiples of ``multiple``."""
+def padded_size(height: int, width: int, multiple: int, minimum: int = 1) -> tuple[int, int]:
+    """The smallest (H, W) at least (height, width) and ``minimum`` (the smallest side the network takes)
+    that are multiples of ``multiple``."""
+    height, width = max(height, minimum), max(width, minimum)
     return -(-height // multiple) * multiple, -(-width // multiple) * multiple
 
 
@@ -115,7 +118,7 @@ def pad_reflect(x: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, tuple
 def run_batch(runner: Runner, images: Sequence[Image.Image]) -> list[Image.Image]:
     """Translate images whose padded sizes agree in one call of ``runner``; outputs keep each input's size."""
     arrays = [to_tensor(img).numpy() for img in images]
-    sizes = {padded_size(*a.shape[1:], runner.size_multiple) for a in arrays}
+    sizes = {padded_size(*a.shape[1:], runner.size_multiple, runner.min_size) for a in arrays}
     if len(sizes) != 1:
         raise ValueError(f"images of one batch must pad to one size, got {sorted(sizes)}")
     size = sizes.pop()

@@ -29,7 +29,7 @@ from .assets import resolve_teacher
 from .checkpoint import load_generator
 from .config import load_config
 from .errors import SrpkdError
-from .files import atomic_path
+from .files import atomic_path, read_lines
 from .models import count_macs, count_params
 from .plots import figure_png, pyplot
 from .relmap import RelationMaps, held_out_relation_maps
@@ -46,6 +46,18 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:.85em;max-height:30em}
 img{max-width:100%;border:1px solid #ddd}figure{margin:1em 0}figcaption{color:#555;font-size:.9em}
 """
+
+GENERATOR_TAG = '<meta name="generator" content="srpkd">'  # how srpkd knows a report it may replace
+
+
+def is_srpkd_report(path: Path) -> bool:
+    """Whether ``path`` is a report srpkd wrote (its head carries GENERATOR_TAG)."""
+    try:
+        with open(path, "rb") as f:
+            return GENERATOR_TAG.encode() in f.read(4096)
+    except OSError:
+        return False
+
 
 NOT_MEASURED = '<span class="na">not measured</span>'
 
@@ -70,9 +82,9 @@ FIDELITY_ROWS = [
 
 def _read_json(path: Path) -> dict | None:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_bytes())
         return data if isinstance(data, dict) else None
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
         return None
 
 
@@ -80,15 +92,15 @@ def read_log(path: Path) -> list[dict]:
     """Records of log.jsonl; unreadable lines (e.g. a line cut by a crash) are skipped."""
     records = []
     try:
-        lines = path.read_text().splitlines()
-    except OSError:
+        lines = read_lines(path)
+    except SrpkdError:
         return records
     for line in lines:
         try:
             rec = json.loads(line)
-        except ValueError:
+        except ValueError:  # a line cut by a crash, or bytes that are not UTF-8 (read as U+FFFD)
             continue
-        if isinstance(rec, dict):
+        if isinstance(rec, dict) and isinstance(rec.get("step", 0), (int, float)):
             records.append(rec)
     return records
 
@@ -329,7 +341,8 @@ def _curves(info: dict) -> str:
 
 def _page(title: str, body: str) -> str:
     stamp = time.strftime("%Y-%m-%d %H:%M")
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{GENERATOR_TAG}'
+            f'<title>{html.escape(title)}</title>'
             f"<style>{CSS}</style></head><body>{body}"
             f'<p class="note">srpkd {html.escape(__version__)}, {stamp}</p></body></html>')
 

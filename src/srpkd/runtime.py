@@ -17,6 +17,7 @@ imports neither.
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -30,9 +31,10 @@ import torch
 import torch.nn as nn
 
 from ._version import __version__
-from .checkpoint import generator_record
+from .checkpoint import build_from_record, generator_record
 from .errors import SrpkdError, first_line
 from .models.modes import MODES, train_mode_forward
+from .models.sizes import min_input_size
 
 METADATA_KEY = "srpkd"  # ONNX metadata_props key; TorchScript stores METADATA_FILE
 METADATA_FILE = "srpkd.json"
@@ -137,6 +139,20 @@ class Runner:
         arch = self.metadata.get("arch", "generator")
         return f"{arch} on {self.runtime}"
 
+    def skeleton(self) -> nn.Module | None:
+        """The network rebuilt from the file's record on the ``meta`` device (shapes only), if it can be."""
+        try:
+            with torch.device("meta"):
+                return build_from_record(self.metadata, "export")
+        except SrpkdError:
+            return None
+
+    @functools.cached_property
+    def min_size(self) -> int:
+        """The smallest side the network takes (a multiple of ``size_multiple``); smaller images are padded."""
+        net = self.skeleton()
+        return min_input_size(net) if net is not None else self.size_multiple
+
 
 class TorchRunner(Runner):
     """A PyTorch module, run without autograd (its own mode is restored afterwards).
@@ -167,6 +183,9 @@ class TorchRunner(Runner):
 
     def describe(self) -> str:
         return super().describe() + (" in train mode (pix2pix test.py without --eval)" if self.mode == "train" else "")
+
+    def skeleton(self) -> nn.Module:
+        return self.model
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)

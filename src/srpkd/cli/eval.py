@@ -5,7 +5,7 @@ import json
 
 from ..devices import resolve_device
 from ..errors import SrpkdError
-from ..files import write_json
+from ..files import refuse_to_replace, write_json
 from ..metrics.evaluate import Scorer, default_output, evaluate_run, score_folders
 from ..metrics.fid import FeatureCache
 from .translate import add_train_mode_arguments
@@ -38,6 +38,7 @@ def register(sub) -> None:
     p.add_argument("--no-perceptual", action="store_true", help="skip ST-LPIPS")
     p.add_argument("--no-cache", action="store_true", help="do not read or write cached real-image features")
     p.add_argument("-o", "--out", help="metrics JSON path (default: RUN/metrics.json or CKPT.metrics.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing -o file")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     add_train_mode_arguments(p)
@@ -57,6 +58,8 @@ def run(args) -> int:
         raise SrpkdError("--train-mode runs a generator; --images scores images already generated")
     if not args.images and not args.target:
         raise SrpkdError("give a run folder or checkpoint, or --images DIR with --real DIR or --data DIR")
+    if args.out:
+        refuse_to_replace(args.out, args.overwrite)
     device = resolve_device(args.device)
     scorer = Scorer(device=device, batch=args.batch, progress=not args.quiet, perceptual=not args.no_perceptual,
                     cache=FeatureCache(enabled=not args.no_cache))

@@ -9,6 +9,7 @@ from ..checkpoint import load_generator
 from ..errors import SrpkdError
 from ..export import FORMATS, export_model
 from ..export.onnx import DEFAULT_OPSET
+from .options import finite_float
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -42,7 +43,8 @@ def register(sub) -> None:
         "--size", type=parse_size, default=(256, 256), metavar="S|HxW",
         help="traced and checked input size; the only size with --static (default: 256)",
     )
-    p.add_argument("--atol", type=float, default=1e-4, help="largest allowed abs difference to PyTorch (default: 1e-4)")
+    p.add_argument("--atol", type=finite_float, default=1e-4,
+                   help="largest allowed abs difference to PyTorch (default: 1e-4)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=run)
 

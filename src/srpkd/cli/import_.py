@@ -7,8 +7,10 @@ from pathlib import Path
 from ..assets import PACKAGES, vintagify_teacher_path
 from ..checkpoint import save_generator
 from ..errors import SrpkdError
+from ..files import refuse_to_replace
 from ..models import count_params
 from ..models.convert import import_generator
+from .options import finite_float
 
 
 def register(sub) -> None:
@@ -25,7 +27,9 @@ def register(sub) -> None:
     p.add_argument("--arch", help="srpkd architecture (default: inferred, e.g. resnet_9blocks, unet_256)")
     p.add_argument("--ngf", type=int, help="generator width (default: inferred)")
     p.add_argument("--norm", choices=["instance", "instance_affine", "batch", "none"], help="norm (default: inferred)")
-    p.add_argument("--dropout", type=float, help="dropout of the rebuilt generator (U-Net dropout is not in the file)")
+    p.add_argument("--dropout", type=finite_float,
+                   help="dropout of the rebuilt generator (U-Net dropout is not in the file)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=run)
 
 
@@ -37,6 +41,7 @@ def run(args) -> int:
     dst = Path(args.dst)
     if dst.suffix != ".safetensors":
         raise SrpkdError(f"the output must end in .safetensors, got {dst}")
+    refuse_to_replace(dst, args.overwrite)
     if args.src == "builtin:vintagify":
         src = vintagify_teacher_path()
         origin = f"vintagify=={PACKAGES['vintagify'][1]}:{src.name}"

@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 
 from ..checkpoint import load_generator
+from ..data.images import check_pixels
 from ..errors import SrpkdError
 from ..models import count_macs, count_params, create_generator, list_models
+from ..models.sizes import check_min_size
 
 
 def register(sub) -> None:
@@ -23,6 +25,8 @@ def register(sub) -> None:
 def describe(model, size: int) -> dict:
     if size <= 0 or size % model.size_multiple:
         raise SrpkdError(f"--size must be a positive multiple of {model.size_multiple} for {model.arch}, got {size}")
+    check_pixels(size, size)
+    check_min_size(model, size, size)
     return {
         "arch": model.arch,
         "kwargs": model.arch_kwargs,

@@ -5,7 +5,7 @@ import json
 
 from ..checkpoint import load_generator
 from ..errors import SrpkdError
-from ..files import write_json
+from ..files import refuse_to_replace, write_json
 from ..metrics.latency import profile_model
 from ..models import create_generator
 
@@ -27,6 +27,7 @@ def register(sub) -> None:
     p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
     p.add_argument("--runs", type=int, default=20, help="timed runs (default 20)")
     p.add_argument("-o", "--out", help="also write the JSON result to this file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing -o file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -36,6 +37,8 @@ def run(args) -> int:
         raise SrpkdError("give either a checkpoint or --arch, not both")
     if args.threads < 0:
         raise SrpkdError("--threads must be >= 0")
+    if args.out:
+        refuse_to_replace(args.out, args.overwrite)
     if args.checkpoint:
         model, source = load_generator(args.checkpoint), str(args.checkpoint)
     elif args.arch:

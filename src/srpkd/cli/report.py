@@ -1,7 +1,8 @@
 """``srpkd report``: a self-contained HTML report of one run, or several side by side."""
 from __future__ import annotations
 
-from ..report import write_comparison, write_report
+from ..files import refuse_to_replace
+from ..report import is_srpkd_report, write_comparison, write_report
 
 
 def register(sub) -> None:
@@ -16,10 +17,14 @@ def register(sub) -> None:
     )
     p.add_argument("runs", nargs="+", help="run folders")
     p.add_argument("-o", "--out", help="output HTML file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing -o file srpkd did not write")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    out = args.out or (None if len(args.runs) == 1 else "report.html")
+    if out:
+        refuse_to_replace(out, args.overwrite, ours=is_srpkd_report)
     if len(args.runs) == 1:
         path = write_report(args.runs[0], args.out)
     else:

@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 
 from .. import run_folder
-from ..config import Config, load_config
+from ..config import Config, load_config, save_config
 from ..errors import SrpkdError
+from ..files import FileTaken
 from ..models import count_macs, count_params
 from ..report import write_report
 from ..train import dist
@@ -147,6 +148,9 @@ def run(args) -> int:
     dist.barrier()
     try:
         trainer = Trainer(cfg, distill=args.distill, run_dir=run_dir, resume=resume, quiet=args.quiet)
+        if not args.resume:  # every check has passed: now take the folder, atomically
+            trainer.set_run_dir(_claim_run_dir(cfg, run_dir, unique=not args.name_given, device=trainer.device))
+            run_dir = trainer.run_dir
         if dist.is_main():
             what = "distilling" if args.distill else "training"
             print(f"srpkd: {what} {cfg.task} -> {run_dir} ({trainer.total_steps} steps, batch "
@@ -184,6 +188,7 @@ def _load_config(args) -> tuple[Config, Path | None]:
 def _prepare_run_dir(args, cfg: Config, run_dir: Path | None) -> tuple[Path, bool]:
     """A new run: name it (rank 0's time stamp) and refuse a non-empty folder. A resumed one: checkpoint or restart."""
     if not args.resume:
+        args.name_given = bool(cfg.name)
         if not cfg.name:
             stamp = torch.tensor([int(default_run_name().replace("-", ""))], dtype=torch.long)
             if dist.is_dist():
@@ -200,6 +205,39 @@ def _prepare_run_dir(args, cfg: Config, run_dir: Path | None) -> tuple[Path, boo
         print(f"srpkd: {run_dir} stopped before its first checkpoint; starting it again from step 0", flush=True)
         (run_dir / run_folder.LOG).unlink(missing_ok=True)
     return run_dir, resume
+
+
+def _claim_run_dir(cfg: Config, run_dir: Path, unique: bool, device) -> Path:
+    """Take ``run_dir`` for this run by writing its config.yaml exclusively (rank 0; the others follow).
+
+    Two runs started with one name cannot both pass: of two exclusive writes of
+    one file exactly one succeeds. The loser refuses when the name was given;
+    with the default name (a time stamp, equal for runs started in one second)
+    it takes the next free ``NAME-2``, ``NAME-3``, ... instead.
+    """
+    base, out_dir = run_dir.name, run_dir.parent
+    suffix = 1
+    if dist.is_main():
+        while True:
+            name = base if suffix == 1 else f"{base}-{suffix}"
+            candidate = out_dir / name
+            busy = candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir()))
+            if not busy:
+                cfg.name = name
+                try:
+                    save_config(cfg, candidate / run_folder.CONFIG, exclusive=True)
+                    break
+                except FileTaken:
+                    pass
+            if not unique:
+                raise SrpkdError(f"run folder {candidate} exists and is not empty (another run took it); "
+                                 f"choose another --name or --resume {candidate}")
+            suffix += 1
+            if suffix > 1000:
+                raise SrpkdError(f"no free run folder name {base}-N in {out_dir}")
+    suffix = dist.broadcast_int(suffix, device)
+    cfg.name = base if suffix == 1 else f"{base}-{suffix}"
+    return out_dir / cfg.name
 
 
 def _run_trainer(trainer: Trainer) -> dict:

@@ -9,9 +9,15 @@ S x S outputs (``--size HxW``: H x W).
 Files. A folder is searched recursively; outputs keep the relative path and
 the file name. JPEG inputs give JPEG outputs, everything else PNG, unless
 ``--ext`` says otherwise. Existing outputs are refused up front unless
-``--overwrite``. An unreadable image is reported on stderr, skipped, and
-makes the command fail at the end ("N of M images failed"); the others are
-still written. Images of equal (padded) size are batched together.
+``--overwrite`` (replace them) or ``--skip-existing`` (keep them and translate
+the rest: how an interrupted folder is continued; every output is written
+atomically, so one that exists is whole, and the temporary files of a killed
+run are removed first). Outputs never leave the output folder (a symlinked
+sub-folder pointing elsewhere is refused). An unreadable image is reported on
+stderr, skipped, and makes the command fail at the end ("N of M images
+failed"); the others are still written. An output that cannot be written (a
+full disk) stops the command at once, with what was written kept. Images of
+equal (padded) size are batched together.
 
 Mode. Generators run in eval mode unless ``--train-mode``, which runs them as
 pytorch-CycleGAN-and-pix2pix's test.py does without ``--eval`` (BatchNorm by
@@ -28,9 +34,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ..data.images import list_images, load_image, save_image
+from ..data.images import check_pixels, list_images, load_image, save_image, shown_size
 from ..devices import resolve_device
 from ..errors import SrpkdError
+from ..files import remove_stale_temps
 from ..inference import load_runner, padded_size, run_batch
 from .export import parse_size
 
@@ -63,7 +70,11 @@ def register(sub) -> None:
     p.add_argument(
         "--ext", choices=sorted(OUTPUT_SUFFIXES), help="output format (default: jpg for JPEG inputs, else png)"
     )
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    existing.add_argument("--skip-existing", action="store_true",
+                          help="keep existing output files and translate only the missing ones "
+                               "(continues an interrupted run)")
     p.add_argument("--threads", type=int, help="CPU threads for PyTorch / ONNX Runtime (default: theirs)")
     p.add_argument("--device", help="PyTorch device for checkpoints and TorchScript, e.g. cuda (default: cpu)")
     add_train_mode_arguments(p)
@@ -107,6 +118,12 @@ def plan(input_path: Path, output_path: Path, ext: str | None) -> list[tuple[Pat
         jobs = [(input_path, dst)]
     else:
         raise SrpkdError(f"input not found: {input_path}")
+    if input_path.is_dir():
+        out = output_path.resolve()
+        for src, dst in jobs:
+            if not dst.resolve().is_relative_to(out):  # a symlinked folder (or file) inside the output folder
+                raise SrpkdError(f"{dst} leads outside the output folder {output_path} (to {dst.resolve()}); "
+                                 "refusing to write there")
     seen: dict[Path, Path] = {}
     for src, dst in jobs:
         if dst in seen:
@@ -124,7 +141,8 @@ def refuse_existing(jobs: list[tuple[Path, Path]]) -> None:
         raise SrpkdError(f"{existing[0]} exists{more}; use --overwrite to replace")
 
 
-def group_by_size(jobs, size: tuple[int, int] | None, multiple: int) -> dict[tuple[int, int], list[tuple[Path, Path]]]:
+def group_by_size(jobs, size: tuple[int, int] | None, multiple: int,
+                  minimum: int = 1) -> dict[tuple[int, int], list[tuple[Path, Path]]]:
     """Jobs keyed by the padded size the network will see, from image headers only (no decoding)."""
     groups: dict[tuple[int, int], list[tuple[Path, Path]]] = defaultdict(list)
     for src, dst in jobs:
@@ -133,15 +151,20 @@ def group_by_size(jobs, size: tuple[int, int] | None, multiple: int) -> dict[tup
         else:
             try:
                 with Image.open(src) as img:
-                    hw = img.size[::-1]
+                    hw = shown_size(img)[::-1]
             except Exception:  # the full read later names the problem
                 hw = (0, 0)
-        groups[padded_size(*hw, multiple)].append((src, dst))
+        groups[padded_size(*hw, multiple, minimum)].append((src, dst))
     return groups
 
 
+class WriteFailed(SrpkdError):
+    """An output could not be written: the output location's problem, not the image's; the command stops."""
+
+
 def translate_batch(runner, batch: list[tuple[Path, Path]], size: tuple[int, int] | None, done, fail) -> None:
-    """Read, translate and write one batch; ``fail(message)`` for each image that cannot be read or written."""
+    """Read, translate and write one batch; ``fail(message)`` for each image that cannot be read,
+    :class:`WriteFailed` for an output that cannot be written."""
     loaded = []
     for src, dst in batch:
         try:
@@ -153,27 +176,35 @@ def translate_batch(runner, batch: list[tuple[Path, Path]], size: tuple[int, int
     # Headers can disagree with the decoded image; keep every network call to one size anyway.
     by_size: dict[tuple[int, int], list[tuple]] = defaultdict(list)
     for img, dst in loaded:
-        by_size[padded_size(img.height, img.width, runner.size_multiple)].append((img, dst))
+        by_size[padded_size(img.height, img.width, runner.size_multiple, runner.min_size)].append((img, dst))
     for items in by_size.values():
         for out, (_, dst) in zip(run_batch(runner, [img for img, _ in items]), items):
             try:
                 save_image(out, dst)
             except SrpkdError as e:
-                fail(str(e))
-                continue
+                raise WriteFailed(str(e)) from None
             done()
 
 
 def run(args) -> int:
     if args.batch < 1:
         raise SrpkdError(f"--batch must be at least 1, got {args.batch}")
-    if args.size is not None and min(args.size) < 1:
-        raise SrpkdError(f"--size must be positive, got {args.size[0]}x{args.size[1]}")
+    if args.size is not None:
+        check_pixels(*args.size)
     if args.threads is not None and args.threads < 1:
         raise SrpkdError(f"--threads must be at least 1, got {args.threads}")
     device = resolve_device(args.device) if args.device else None
     jobs = plan(Path(args.input), Path(args.output), args.ext)
-    if not args.overwrite:
+    kept = 0
+    if args.skip_existing:
+        for folder in {dst.parent for _, dst in jobs}:
+            remove_stale_temps(folder)  # what a killed run left mid-write
+        todo = [(src, dst) for src, dst in jobs if not dst.exists()]
+        kept, jobs = len(jobs) - len(todo), todo
+        if not jobs:
+            print(f"all {kept} outputs exist in {args.output}; nothing to translate")
+            return 0
+    elif not args.overwrite:
         refuse_existing(jobs)
 
     if args.threads:
@@ -189,19 +220,33 @@ def run(args) -> int:
 
     failures: list[str] = []
     start = time.perf_counter()
-    with tqdm(total=len(jobs), unit="img", desc="translate", file=sys.stderr, dynamic_ncols=True) as progress:
+    written = 0
+
+    def wrote() -> None:
+        nonlocal written
+        written += 1
+        progress.update(1)
+
+    bar = dict(unit="img", desc="translate", file=sys.stderr, dynamic_ncols=True, disable=None)  # None: TTY only
+    with tqdm(total=len(jobs), **bar) as progress:
 
         def fail(message: str) -> None:
             failures.append(message)
             progress.write(f"srpkd: skipped: {message}", file=sys.stderr)
             progress.update(1)
 
-        for members in group_by_size(jobs, args.size, runner.size_multiple).values():
-            for i in range(0, len(members), args.batch):
-                translate_batch(runner, members[i : i + args.batch], args.size, lambda: progress.update(1), fail)
+        try:
+            for members in group_by_size(jobs, args.size, runner.size_multiple, runner.min_size).values():
+                for i in range(0, len(members), args.batch):
+                    translate_batch(runner, members[i : i + args.batch], args.size, wrote, fail)
+        except WriteFailed as e:
+            raise SrpkdError(f"{e}; stopped after writing {written} of {len(jobs)} images "
+                             f"(continue with --skip-existing)") from None
     elapsed = time.perf_counter() - start
     done = len(jobs) - len(failures)
-    print(f"translated {done} of {len(jobs)} images into {args.output} with {runner.describe()} in {elapsed:.1f} s")
+    kept_note = f" ({kept} existing outputs kept)" if kept else ""
+    print(f"translated {done} of {len(jobs)} images into {args.output} with {runner.describe()} in {elapsed:.1f} s"
+          f"{kept_note}")
     if failures:
         raise SrpkdError(f"{len(failures)} of {len(jobs)} images failed")
     return 0

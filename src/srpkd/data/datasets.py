@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from ..errors import SrpkdError
 from .builtin import BuiltinPhotos
-from .images import is_image_file, list_images, load_image
+from .images import is_image_file, list_images, load_image, shown_size
 from .transforms import Transform
 
 DIRECTIONS = ("AtoB", "BtoA")
@@ -27,10 +27,10 @@ MODES = ("aligned", "unaligned", "single", "builtin")
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(w, h) read from the file header, without decoding the pixels."""
+    """(w, h) as shown (EXIF orientation applied), read from the file header without decoding the pixels."""
     try:
         with Image.open(path) as img:
-            return img.size
+            return shown_size(img)
     except FileNotFoundError:
         raise SrpkdError(f"image not found: {path}") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:

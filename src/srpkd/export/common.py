@@ -8,8 +8,10 @@ from typing import Any, Callable, Sequence
 
 import torch.nn as nn
 
+from ..data.images import check_pixels
 from ..errors import SrpkdError
 from ..files import atomic_path
+from ..models.sizes import check_min_size
 from ..runtime import Runner, max_abs_diff
 
 
@@ -47,6 +49,8 @@ def check_sizes(model: nn.Module, sizes: Sequence[tuple[int, int]]) -> None:
             raise SrpkdError(
                 f"{getattr(model, 'arch', 'this generator')} needs sizes that are multiples of {multiple}, got {h}x{w}"
             )
+        check_pixels(h, w)
+        check_min_size(model, h, w)
 
 
 def parity_shapes(model: nn.Module, size: tuple[int, int], dynamic: bool) -> list[tuple[int, ...]]:

@@ -36,8 +36,10 @@ from ..assets import resolve_teacher
 from ..checkpoint import load_generator
 from ..config import check_task_data, load_config, task_for_data
 from ..data.datasets import build_dataset, check_same_size
+from ..data.images import check_pixels
 from ..errors import SrpkdError
 from ..models.modes import forward
+from ..models.sizes import check_min_size
 from . import image as image_metrics
 from .fid import FeatureCache, content_key, extract_features, fid_from_features, kid_from_features
 from .inception import inception
@@ -238,6 +240,10 @@ def evaluate_generator(
     multiple = max(getattr(student, "size_multiple", 4), teacher_multiple)
     if size <= 0 or size % multiple:
         raise SrpkdError(f"--size must be a positive multiple of {multiple}, got {size}")
+    check_pixels(size, size)
+    check_min_size(student, size, size)
+    if teacher is not None:
+        check_min_size(teacher, size, size, role="the teacher")
     if task == "teacher_only" and teacher is None:
         raise SrpkdError("a teacher_only evaluation needs a teacher (--teacher CKPT or builtin:vintagify)")
     check_task_data(task, mode)

@@ -21,6 +21,7 @@ runs. The functional pieces used here are the same code those modules run.
 from __future__ import annotations
 
 import hashlib
+import logging
 import json
 import os
 from pathlib import Path
@@ -30,8 +31,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..data.images import to_255
-from ..errors import SrpkdError
+from ..errors import SrpkdError, first_line
 from ..files import atomic_path
+
+log = logging.getLogger("srpkd.metrics")
 
 KID_SUBSETS = 100
 KID_MAX_SUBSET = 1000
@@ -125,6 +128,18 @@ def content_key(files: Sequence[str | os.PathLike], extractor_id: str, preproces
     return h.hexdigest()
 
 
+def _feature_problem(feats, rows: int | None) -> str | None:
+    """Why a cached feature tensor cannot be the features of ``rows`` images; None when it can."""
+    if not isinstance(feats, torch.Tensor) or feats.dim() != 2 or not feats.is_floating_point():
+        return f"expected a 2-D float tensor, got {getattr(feats, 'dtype', type(feats).__name__)} " \
+               f"of shape {tuple(getattr(feats, 'shape', ()))}"
+    if feats.shape[0] < 2 or feats.shape[1] < 1 or (rows is not None and feats.shape[0] != rows):
+        return f"shape {tuple(feats.shape)} for {rows if rows is not None else 'at least 2'} images"
+    if not bool(torch.isfinite(feats).all()):
+        return "values that are not finite"
+    return None
+
+
 class FeatureCache:
     """Features of real image sets, one safetensors file per content key, written atomically."""
 
@@ -135,16 +150,23 @@ class FeatureCache:
     def path(self, key: str) -> Path:
         return self.root / f"{key}.safetensors"
 
-    def get(self, key: str) -> torch.Tensor | None:
+    def get(self, key: str, rows: int | None = None) -> torch.Tensor | None:
+        """The cached features of ``key`` (``rows`` of them when given), or None; a damaged entry (unreadable,
+        or a valid file of the wrong shape, dtype or values) is reported on the log and treated as missing."""
         if not self.enabled:
             return None
         path = self.path(key)
         if not path.is_file():
             return None
         try:
-            return load_file(str(path))["features"]
-        except Exception:  # a damaged cache entry is recomputed, never fatal
+            feats = load_file(str(path))["features"]
+            problem = _feature_problem(feats, rows)
+        except Exception as e:  # noqa: BLE001 - a damaged cache entry is recomputed, never fatal
+            problem = first_line(e)
+        if problem:
+            log.warning(f"srpkd: ignoring the damaged feature cache entry {path} ({problem}); recomputing")
             return None
+        return feats
 
     def put(self, key: str, feats: torch.Tensor, info: dict | None = None) -> None:
         if not self.enabled:
@@ -152,14 +174,15 @@ class FeatureCache:
         try:
             with atomic_path(self.path(key)) as tmp:
                 save_file({"features": feats.float().contiguous()}, str(tmp), metadata={"info": json.dumps(info or {})})
-        except SrpkdError:
-            pass  # an unwritable cache only costs time
+        except SrpkdError as e:  # an unwritable cache only costs time
+            log.warning(f"srpkd: feature cache not written ({e})")
 
     def features(
         self, key: str, compute: Callable[[], torch.Tensor], info: dict | None = None
     ) -> tuple[torch.Tensor, bool]:
         """Cached features for ``key`` or ``compute()`` them and store; returns (features, was_cached)."""
-        hit = self.get(key)
+        count = (info or {}).get("count")
+        hit = self.get(key, count if isinstance(count, int) else None)
         if hit is not None:
             return hit, True
         feats = compute()

@@ -26,10 +26,12 @@ import onnxruntime as ort
 import torch
 import torch.nn as nn
 
+from ..data.images import check_pixels
 from ..devices import device_name, resolve_device
 from ..errors import SrpkdError, first_line
 from ..export.onnx import DEFAULT_OPSET, build_onnx
 from ..models import count_macs, count_params
+from ..models.sizes import check_min_size
 from ..runtime import onnx_session
 
 RUNTIMES = ("eager", "compile", "onnx")
@@ -162,6 +164,8 @@ def profile_model(
     multiple = getattr(model, "size_multiple", 4)
     if size <= 0 or size % multiple:
         raise SrpkdError(f"--size must be a positive multiple of {multiple}, got {size}")
+    check_pixels(size, size)
+    check_min_size(model, size, size)
     if warmup < 0 or runs < 1:
         raise SrpkdError("--warmup must be >= 0 and --runs >= 1")
     unknown = [r for r in runtimes if r not in RUNTIMES]

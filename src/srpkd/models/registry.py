@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch.nn as nn
 
-from ..errors import SrpkdError
+from ..errors import SrpkdError, first_line, short_repr
 
 _REGISTRY: dict[str, dict[str, Callable[..., nn.Module]]] = {"generator": {}, "discriminator": {}}
 
@@ -32,16 +32,19 @@ def list_models(kind: str = "generator") -> list[str]:
 
 def _create(kind: str, name: str, kwargs: dict) -> nn.Module:
     if name not in _REGISTRY[kind]:
-        raise SrpkdError(f"unknown {kind} architecture {name!r}; choose one of: {', '.join(list_models(kind))}")
+        raise SrpkdError(
+            f"unknown {kind} architecture {short_repr(name)}; choose one of: {', '.join(list_models(kind))}"
+        )
     for width in ("ngf", "ndf"):  # torch accepts 0 channels and builds a network that cannot run
         if width in kwargs and not (isinstance(kwargs[width], int) and kwargs[width] >= 1):
             raise SrpkdError(
-                f"bad arguments for {kind} {name!r}: {width} must be a positive integer, got {kwargs[width]!r}"
+                f"bad arguments for {kind} {name!r}: {width} must be a positive integer, "
+                f"got {short_repr(kwargs[width])}"
             )
     try:
         model = _REGISTRY[kind][name](**kwargs)
     except (TypeError, ValueError, RuntimeError) as e:  # unknown keyword, or a value torch refuses (ngf=-1)
-        raise SrpkdError(f"bad arguments for {kind} {name!r}: {e}") from None
+        raise SrpkdError(f"bad arguments for {kind} {name!r}: {first_line(e)[:300]}") from None
     # Remember how to rebuild the model: checkpoints store exactly this.
     model.arch = name
     model.arch_kwargs = dict(kwargs)

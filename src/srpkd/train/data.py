@@ -169,29 +169,41 @@ def _output_sizes(ds: Dataset) -> list[tuple[str, tuple[int, int]]]:
     return [("the training images", (int(w), int(h)))]
 
 
-def check_train_sizes(ds: Dataset, batch_size: int, multiple: int, arch: str) -> None:
-    """Batches need one image size; the networks (``arch``) need sizes divisible by ``multiple``."""
+def check_train_sizes(ds: Dataset, batch_size: int, multiple: int, arch: str,
+                      minimum: tuple[int, str] = (1, "")) -> None:
+    """Batches need one image size; the networks (``arch``) need sizes divisible by ``multiple``, and at least
+    ``minimum`` = (side, the network that needs it)."""
     if batch_size > 1:
         check_same_size(ds)
+    smallest, needs = minimum
     for path, (w, h) in _output_sizes(ds):
         if w % multiple or h % multiple:
             raise SrpkdError(
                 f"{path} gives {w}x{h} training images, but {arch} needs sizes divisible by {multiple} "
                 f"(set --size / data.crop_size to a multiple of {multiple}, or a resizing preprocess)"
             )
+        if min(w, h) < smallest:
+            raise SrpkdError(
+                f"{path} gives {w}x{h} training images, too small for {needs}: it needs at least "
+                f"{smallest}x{smallest} (set --size / data.crop_size to {smallest} or more)"
+            )
 
 
-def eval_batch(eval_set: SeededDataset, n: int, multiple: int, arch: str) -> dict:
-    """The first ``n`` held-out items of one usable size (divisible by ``multiple``), as one batch."""
+def eval_batch(eval_set: SeededDataset, n: int, multiple: int, arch: str, minimum: tuple[int, str] = (1, "")) -> dict:
+    """The first ``n`` held-out items of one usable size (divisible by ``multiple``, at least ``minimum[0]``),
+    as one batch."""
     items: list[dict] = []
     for i in range(len(eval_set)):
         item = eval_set[(0, i)]
         h, w = item["A"].shape[-2:]
         if h % multiple or w % multiple or (items and item["A"].shape != items[0]["A"].shape):
             continue
+        if min(h, w) < minimum[0]:
+            continue
         items.append(item)
         if len(items) >= max(1, n):
             break
     if not items:
-        raise SrpkdError(f"no held-out image has a size divisible by {multiple} (needed by {arch})")
+        raise SrpkdError(f"no held-out image has a size divisible by {multiple} (needed by {arch}) and of at least "
+                         f"{minimum[0]}x{minimum[0]}")
     return collate(items)

@@ -28,6 +28,7 @@ from .. import devices, run_folder
 from ..checkpoint import save_generator
 from ..config import Config, save_config
 from ..errors import SrpkdError
+from ..models.sizes import describe, min_input_size
 from . import caches, dist
 from .data import (SeededDataset, batches_per_epoch, check_train_sizes, eval_batch, is_deterministic, iterate,
                    run_dataset)
@@ -111,6 +112,11 @@ class Trainer:
         if resume:
             self._restore(self.run_dir / run_folder.LAST)
 
+    def set_run_dir(self, run_dir: Path) -> None:
+        """The folder this run writes (the name claimed after every check has passed)."""
+        self.run_dir = Path(run_dir)
+        self.runlog.run_dir = self.run_dir
+
     # the student direction's parts (CLI summary, benchmarks, tests)
     G = property(lambda self: self.task.student.G)
     D = property(lambda self: self.task.student.D)
@@ -151,9 +157,16 @@ class Trainer:
             k = int(getattr(m, "size_multiple", 1))
             multiple = multiple * k // math.gcd(multiple, k)
         arch = " and ".join(dict.fromkeys(getattr(m, "arch", "?") for m in nets))
-        check_train_sizes(self.train_set, self.cfg.optim.batch_size, multiple, arch)
-        val = eval_batch(self.val_set, self.cfg.eval_images, multiple, arch) if self.val_set is not None else None
-        return eval_batch(self.eval_set, self.cfg.eval_images, multiple, arch), val
+        # the smallest input each network takes: the generators see the images, the discriminators their outputs
+        roles = [("the student", self.G)] + [("the teacher", m) for m in nets[1:]]
+        roles += [("the discriminator", d.D) for d in self.task.directions if getattr(d, "D", None) is not None]
+        smallest = max(min_input_size(m) for _, m in roles)
+        needs = next(f"{role} {describe(m)}" for role, m in roles if min_input_size(m) == smallest)
+        check_train_sizes(self.train_set, self.cfg.optim.batch_size, multiple, arch, (smallest, needs))
+        minimum = (smallest, needs)
+        val = (eval_batch(self.val_set, self.cfg.eval_images, multiple, arch, minimum)
+               if self.val_set is not None else None)
+        return eval_batch(self.eval_set, self.cfg.eval_images, multiple, arch, minimum), val
 
     # ------------------------------------------------------------------ one step
     def train_step(self, batch: dict, step: int) -> dict[str, float]:

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from .. import run_folder
-from ..checkpoint import atomic_path
+from ..files import atomic_path, read_lines
 from ..errors import SrpkdError
 
 log = logging.getLogger("srpkd.train")
@@ -94,8 +94,21 @@ class RunLog:
             self.tb.add_image(name, image, step)
 
     def _write(self, rec: dict) -> None:
-        self.file.write(json.dumps(rec) + "\n")
-        self.file.flush()
+        """Append one record; on a write error (a full disk) cut the file back to whole records and stop."""
+        pos = self.file.tell()
+        try:
+            self.file.write(json.dumps(rec) + "\n")
+            self.file.flush()
+        except OSError as e:
+            path = self.run_dir / run_folder.LOG
+            try:
+                self.file.close()
+                with open(path, "r+b") as f:
+                    f.truncate(pos)
+            except OSError:
+                pass
+            self.file = None
+            raise SrpkdError(f"cannot write {path}: {e.strerror or e}") from None
 
     def close(self) -> None:
         for thing in (self.bar, self.file, self.tb):
@@ -116,11 +129,19 @@ def truncate_log(path: Path, step: int) -> None:
     if not path.is_file():
         return
     keep = []
-    for line in path.read_text().splitlines():
+    skipped = 0
+    for line in read_lines(path):
         try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
+            rec = json.loads(line)
+            if not isinstance(rec, dict) or not isinstance(rec.get("step", 0), (int, float)):
+                raise ValueError("not a record")
         except ValueError:
+            skipped += 1
             continue
+        if rec.get("step", 0) <= step:
+            keep.append(line)
+    if skipped:
+        log.warning(f"srpkd: {path}: dropped {skipped} damaged line(s) (not UTF-8 JSON records)")
     with atomic_path(path) as tmp:
         tmp.write_text("".join(line + "\n" for line in keep))
+
