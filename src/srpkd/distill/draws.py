@@ -22,10 +22,12 @@ here the first time the slot is met and read back on every later visit.
   data order alone, so nothing about the cache is stored in the checkpoint. The
   files are synced to disk before every checkpoint; a resumed run reopens them
   and marks those slots filled (:meth:`DrawCache.mark_filled`), the rest are
-  computed again when met, in the same batches as before.
+  computed again when met, in the same batches as before. A finished run
+  deletes the files (:meth:`DrawCache.remove`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -127,6 +129,16 @@ class DrawCache:
             t = torch.from_numpy(np.ascontiguousarray(a[idx]))
             out[k] = (t if t.dtype == torch.float64 else t.float()).to(device)
         return out
+
+    def remove(self) -> None:
+        """Close and delete the files (the folder too, when nothing else is in it)."""
+        self.arrays = {}
+        self.filled.zero_()
+        for path in [*self.folder.glob("*.bin"), self.folder / META]:
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.folder.rmdir()
+            self.folder.parent.rmdir()  # teacher_cache/, once the last direction's folder is gone
 
     def flush(self) -> None:
         for a in self.arrays.values():

@@ -6,7 +6,8 @@
 * Random crops and flips with ``cache_draws`` K: each teacher gets a
   :class:`srpkd.distill.draws.DrawCache` in ``RUN/teacher_cache/<direction>.rank<r>/``,
   filled on first use; a resumed run reopens it and marks the slots its
-  earlier steps filled (they follow from the data order).
+  earlier steps filled (they follow from the data order). A finished run
+  deletes it.
 """
 from __future__ import annotations
 
@@ -64,3 +65,11 @@ def flush(task: Task) -> None:
     for d in task.directions:
         if d.teacher is not None and d.teacher.draws is not None:
             d.teacher.draws.flush()
+
+
+def remove(task: Task) -> None:
+    """Delete the draw caches' files (a finished run: they only serve a resume, which can refill them)."""
+    for d in task.directions:
+        if d.teacher is not None and d.teacher.draws is not None:
+            d.teacher.draws.remove()
+            d.teacher.draws = None

@@ -265,6 +265,8 @@ class Trainer:
             self.runlog.close()
             for s, h in old_handlers.items():
                 signal.signal(s, h)
+        if status == "done":
+            caches.remove(self.task)  # a finished run needs no draw cache (a resume with more steps refills it)
         dist.barrier()
         return {"status": status, "step": self.step, "signal": self.stop_signal, "run_dir": str(self.run_dir),
                 "elapsed": self.elapsed()}
