@@ -53,14 +53,15 @@ REPO = Path(__file__).resolve().parents[1]
 BASELINE = "1e9c55c"  # main before issue 14's speed-ups
 RANDOM = ["data.fixed_crops=false", "data.flip=true"]
 FAST = ["amp=bf16", "loss.srp_precision=float32"]  # the numeric shortcuts (bf16 autocast, float32 relation loss)
+EXACT = ["amp=none", "loss.srp_precision=float64"]  # the reference numerics (the main preset uses FAST's where it can)
 VARIANTS = {  # name: (source, settings)
     "base_random": ("base", RANDOM + ["cache_teacher=false"]),
-    "new_random": ("new", RANDOM + ["cache_teacher=false"]),
+    "new_random": ("new", RANDOM + ["cache_teacher=false"] + EXACT),
     "new_random_fast": ("new", RANDOM + ["cache_teacher=false"] + FAST),
-    "new_draws": ("new", RANDOM + ["cache_draws={draws}"]),
+    "new_draws": ("new", RANDOM + ["cache_draws={draws}"] + EXACT),
     "new_draws_fast": ("new", RANDOM + ["cache_draws={draws}"] + FAST),
     "base_cached": ("base", []),
-    "new_cached": ("new", []),
+    "new_cached": ("new", EXACT),
     "new_cached_fast": ("new", FAST),
 }
 RATIO_TO = {"random": "base_random", "draws": "base_random", "cached": "base_cached"}
