@@ -72,8 +72,10 @@ RECIPES: dict[str, dict] = {
     "no_srp": {"loss.srp": 0.0},  # without the paper's relation term
     "plain_resnet": {"student.arch": "resnet_9blocks"},  # the paper's student, same recipe
     "const_lr": {"optim.schedule": "linear", "optim.decay_fraction": 0.0, "optim.warmup": 0.0},
-    # issue 14's numeric shortcuts: bf16 autocast where the CPU has bf16 instructions, float32 relation loss
+    # issue 14's numeric shortcuts (bf16 autocast where the CPU has bf16 instructions, float32 relation loss):
+    # the main preset's own since issue 14, named so that results say which numerics a run used
     "fast": {"amp": "auto", "loss.srp_precision": "float32"},
+    "exact": {"amp": "none", "loss.srp_precision": "float64"},  # the numerics before issue 14
 }
 STUDENTS = {
     "r16": {"student.arch": "resnet_9blocks", "student.ngf": 16},
