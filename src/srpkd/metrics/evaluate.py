@@ -284,6 +284,7 @@ def evaluate_generator(
         models["teacher"] = teacher.to(scorer.device).eval()
     keep_target = has_target or (fcn is not None and mode == "aligned")  # FCN-scores the real photos too
     out = translate(models, dataset, scorer, keep_target=keep_target, network_mode=network_mode, seed=seed)
+    fcn_result = fcn_metrics(out, list(models), fcn) if fcn is not None else None  # before FID: fails fast
     feats = {name: scorer.features(out[name], f"features {name}") for name in models}
 
     result: dict[str, Any] = {"n_images": len(dataset), "direction": direction, "size": size,
@@ -307,8 +308,8 @@ def evaluate_generator(
         copy = copy_metrics(out["input"], out["teacher"], scorer)
         if copy is not None:
             result["copy"] = copy
-    if fcn is not None:
-        result["fcn"] = fcn_metrics(out, list(models), fcn)
+    if fcn_result is not None:
+        result["fcn"] = fcn_result
     result["time_s"] = round(time.perf_counter() - t0, 3)
     return result
 
