@@ -182,3 +182,18 @@ def test_sample_grid_is_enlarged_and_labelled():
     header = img[: img.shape[0] - 128]
     assert header.min() < 100 and (header == 255).mean() > 0.5  # dark text on white
     assert (img[-128:] == 128).all()  # the images themselves, enlarged by nearest neighbour
+
+
+def test_a_run_without_val_split_measures_st_lpips_in_its_last_validation(tmp_path):
+    from train_helpers import TINY, read_log as run_log, tiny_teacher
+
+    teacher = tiny_teacher(tmp_path / "t.safetensors")
+    assert main(["distill", "--teacher", str(teacher), "--size", "32", "--steps", "2", "--batch-size", "2",
+                 "--name", "r", "--out-dir", str(tmp_path), "--set", "data.max_images=4", *TINY,
+                 "--set", "data.val_split=null", "--set", "profile_runtimes=[]"]) == 0
+    run = tmp_path / "r"
+    last = run_log(run)[-1]
+    assert last["val/st_lpips_to_teacher"] > 0 and last["val/copy_st_lpips_to_teacher"] > 0
+    assert not (run / "profile.json").exists()  # profile_runtimes [] measures no latency
+    text = (run / "report.html").read_text()
+    assert re.search(r"ST-LPIPS student vs teacher.*?</td><td>[0-9.]+</td><td>[0-9.]+</td>", text)

@@ -7,11 +7,12 @@ the end, FID/KID and FCN-score from ``metrics.json``), the fidelity to the
 teacher beside a copy of the input (from ``metrics.json``, else the training
 loop's last held-out validation), the sample grid (``samples.png``), the
 relation maps of teacher and student on the first held-out image
-(:mod:`srpkd.relmap`) and the loss curves drawn from ``log.jsonl``. ``write_comparison(run_dirs, out)`` puts several
-runs side by side, one column per run. Rows that do not apply to the run's
-task are left out (no ground truth in a teacher_only run); what was not
-measured is shown as "not measured", or, for a whole row, named in a note with
-the command that measures it. A report never fails because a run is incomplete.
+(:mod:`srpkd.relmap`) and the loss curves drawn from ``log.jsonl``.
+``write_comparison(run_dirs, out)`` puts several runs side by side, one column
+per run. Rows that do not apply to the run's task are left out (no ground truth
+in a teacher_only run); what was not measured is shown as "not measured", or,
+for a whole row, named in a note with the command that measures it. A report
+never fails because a run is incomplete.
 """
 from __future__ import annotations
 
@@ -244,9 +245,9 @@ def _latency_rows(teacher: dict | None, student: dict | None) -> tuple[list[list
         return [["Latency, median", NOT_MEASURED, NOT_MEASURED]], ""
     rows = [[f"Latency, {RUNTIME_NAMES[r]} (median) <span class=note>(lower is better)</span>",
              _fmt(t.get(r), "{:.1f} ms"), _fmt(s.get(r), "{:.1f} ms")] for r in runtimes]
-    profile = student if s else teacher
-    runs = profile.get("runs", "?")
-    note = f"Latency: {where(profile)}, median of {runs} runs after a warm-up"
+    places = {where(p) for p in (teacher, student) if median_ms(p)}
+    place = places.pop() if len(places) == 1 else f"teacher {where(teacher)}, student {where(student)}"
+    note = f"Latency: {place}, median of {(student if s else teacher).get('runs', '?')} runs after a warm-up"
     speedups = [f"{t[r] / s[r]:.1f}x in {RUNTIME_NAMES[r]}" for r in runtimes if r in t and r in s and s[r] > 0]
     if speedups:
         note += f"; the student is faster by {', '.join(speedups)}"
@@ -304,11 +305,11 @@ def _hinted(label: str, hint: str) -> str:
     return f"{label} <span class=note>({hint})</span>"
 
 
-def _not_measured_note(labels: list[str], name: str) -> str:
+def _not_measured_note(labels: list[str], run: str) -> str:
     if not labels:
         return ""
     return (f'<p class="note">Not measured: {html.escape(", ".join(labels))}; '
-            f"<code>srpkd eval {html.escape(name)}</code> measures them.</p>")
+            f"<code>srpkd eval {html.escape(run)}</code> measures them.</p>")
 
 
 def _main_table(info: dict, m: dict) -> str:
@@ -345,7 +346,7 @@ def _main_table(info: dict, m: dict) -> str:
         notes.append(f'<p class="note">FCN-score: {html.escape(str(fcn.get("segmenter")))} on the generated photos '
                      f"against the input label maps (palette {html.escape(str(fcn.get('palette')))}, "
                      f"{fcn.get('ignored_fraction', 0):.1%} of label pixels ignored){html.escape(real_note)}.</p>")
-    notes.append(_not_measured_note([label.split(" <span")[0] for label in unmeasured], info["name"]))
+    notes.append(_not_measured_note([label.split(" <span")[0] for label in unmeasured], info["path"]))
     return _table(["", "teacher", "student"], rows) + "".join(notes)
 
 
@@ -361,7 +362,7 @@ def _fidelity_table(info: dict, m: dict) -> str:
     if val_step is not None:
         out += (f'<p class="note">PSNR, L1 and ST-LPIPS from the training loop\'s held-out validation at step '
                 f"{val_step}: the run's student and a copy of its input, each against the teacher's output.</p>")
-    return out + _not_measured_note([label.split(" <span")[0] for label in unmeasured], info["name"])
+    return out + _not_measured_note([label.split(" <span")[0] for label in unmeasured], info["path"])
 
 
 def _run_table(info: dict) -> str:
