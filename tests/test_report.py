@@ -197,3 +197,12 @@ def test_a_run_without_val_split_measures_st_lpips_in_its_last_validation(tmp_pa
     assert not (run / "profile.json").exists()  # profile_runtimes [] measures no latency
     text = (run / "report.html").read_text()
     assert re.search(r"ST-LPIPS student vs teacher.*?</td><td>[0-9.]+</td><td>[0-9.]+</td>", text)
+
+
+@pytest.mark.parametrize("value, message", [("[gpu]", "unknown runtime(s) gpu"), ("eager", "must be a list")])
+def test_bad_profile_runtimes_are_one_line_before_training(tmp_path, capsys, value, message):
+    assert main(["distill", "--set", f"profile_runtimes={value}", "--out-dir", str(tmp_path), "--name", "r",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("srpkd: error:") and err.count("\n") == 0 and message in err
+    assert not (tmp_path / "r").exists()

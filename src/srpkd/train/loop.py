@@ -398,11 +398,11 @@ class Trainer:
         """Batch-1 latency of the student and its teacher (the run's crop size, device and threads) in
         ``profile_runtimes``, as ``srpkd profile`` writes it: what the report's latency rows show."""
         runtimes = self.cfg.profile_runtimes
+        if not runtimes:
+            return
         models = {run_folder.PROFILE: (self.G, str(self.run_dir / run_folder.STUDENT))}
         if self.teacher is not None:
             models[run_folder.PROFILE_TEACHER] = (self.teacher.generator, self.cfg.teacher.checkpoint)
-        if not runtimes:
-            return
         t0 = time.time()
         for name, (model, source) in models.items():
             try:
