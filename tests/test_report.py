@@ -134,3 +134,75 @@ def test_report_renders_in_headless_chromium(tmp_path):
                    capture_output=True, timeout=60)
     img = np.asarray(Image.open(shot).convert("L"))
     assert img.shape == (1400, 1000) and img.std() > 10  # something was drawn, not a blank page
+
+
+def test_report_of_a_tiny_distill_run_shows_only_measured_rows(tmp_path, capsys):
+    """srpkd distill ends by measuring what the report shows: latency of teacher and student (eager and ONNX
+    Runtime, with the thread count), ST-LPIPS to the teacher beside a copy of the input, labelled samples."""
+    from train_helpers import TINY, read_log as run_log, tiny_teacher
+
+    teacher = tiny_teacher(tmp_path / "t.safetensors")
+    assert main(["distill", "--teacher", str(teacher), "--size", "32", "--steps", "2", "--batch-size", "2",
+                 "--name", "r", "--out-dir", str(tmp_path), "--set", "data.max_images=4", *TINY,
+                 "--set", "profile_runtimes=[eager,onnx]"]) == 0
+    printed = capsys.readouterr().out
+    assert "ST-LPIPS to the teacher" in printed and "latency of the student (cpu, 1 thread, batch 1, 32 px)" in printed
+    run = tmp_path / "r"
+    for name in ("profile.json", "profile_teacher.json"):
+        profile = json.loads((run / name).read_text())
+        assert profile["threads"] == 1 and profile["size"] == 32
+        assert all(profile["runtimes"][r]["ok"] for r in ("eager", "onnx")), profile["runtimes"]
+    last = run_log(run)[-1]
+    assert last["test/st_lpips_to_teacher"] > 0 and last["test/copy_st_lpips_to_teacher"] > 0  # main: val + test
+    text = (run / "report.html").read_text()
+    rows = re.findall(r"<tr>(.*?)</tr>", text)
+    assert rows and not [r for r in rows if "not measured" in r]
+    table = [re.findall(r"<td>(.*?)</td>", r) for r in rows if r.startswith("<td>")]
+    cells = {re.sub(r" <span.*", "", label): values for label, *values in table}
+    assert [c.endswith(" ms") for c in cells["Latency, PyTorch eager (median)"]] == [True, True]
+    assert [c.endswith(" ms") for c in cells["Latency, ONNX Runtime (median)"]] == [True, True]
+    assert len(cells["ST-LPIPS student vs teacher"]) == 2  # the student and a copy of the input
+    assert "FID (vs real)" not in cells and "PSNR to ground truth (dB)" not in cells  # teacher_only: no real images
+    assert "Not measured: FID student vs teacher, KID student vs teacher" in text
+    assert "input | teacher | student:" in text and "target" not in text.split("<h2>Samples</h2>")[1].split("</h2>")[0]
+    samples = Image.open(run / "samples.png")
+    assert samples.width == 3 * 128 and samples.height > 2 * 128  # 32 px crops shown 4x, under a header
+
+
+def test_sample_grid_is_enlarged_and_labelled():
+    import torch
+
+    from srpkd.train.validation import labelled_grid, sample_columns
+
+    assert sample_columns(True, False) == ["input", "teacher", "student"]
+    assert sample_columns(False, True) == ["input", "student", "target"]
+    grid = torch.full((3, 16, 32), 0.5)  # two 16 px columns
+    img = np.asarray(labelled_grid(grid, ["input", "student"]))
+    assert img.shape[1] == 256 and img.shape[0] > 128  # each column 128 px, a header above
+    header = img[: img.shape[0] - 128]
+    assert header.min() < 100 and (header == 255).mean() > 0.5  # dark text on white
+    assert (img[-128:] == 128).all()  # the images themselves, enlarged by nearest neighbour
+
+
+def test_a_run_without_val_split_measures_st_lpips_in_its_last_validation(tmp_path):
+    from train_helpers import TINY, read_log as run_log, tiny_teacher
+
+    teacher = tiny_teacher(tmp_path / "t.safetensors")
+    assert main(["distill", "--teacher", str(teacher), "--size", "32", "--steps", "2", "--batch-size", "2",
+                 "--name", "r", "--out-dir", str(tmp_path), "--set", "data.max_images=4", *TINY,
+                 "--set", "data.val_split=null", "--set", "profile_runtimes=[]"]) == 0
+    run = tmp_path / "r"
+    last = run_log(run)[-1]
+    assert last["val/st_lpips_to_teacher"] > 0 and last["val/copy_st_lpips_to_teacher"] > 0
+    assert not (run / "profile.json").exists()  # profile_runtimes [] measures no latency
+    text = (run / "report.html").read_text()
+    assert re.search(r"ST-LPIPS student vs teacher.*?</td><td>[0-9.]+</td><td>[0-9.]+</td>", text)
+
+
+@pytest.mark.parametrize("value, message", [("[gpu]", "unknown runtime(s) gpu"), ("eager", "must be a list")])
+def test_bad_profile_runtimes_are_one_line_before_training(tmp_path, capsys, value, message):
+    assert main(["distill", "--set", f"profile_runtimes={value}", "--out-dir", str(tmp_path), "--name", "r",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("srpkd: error:") and err.count("\n") == 0 and message in err
+    assert not (tmp_path / "r").exists()

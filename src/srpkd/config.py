@@ -150,6 +150,9 @@ class Config:
     pool_size: int = 50
     # seconds of wall time for the whole run (0: none); training ends early, normally, when reached
     time_limit: float = 0.0
+    # srpkd distill, at the end: batch-1 latency of student and teacher in these runtimes (eager, compile, onnx),
+    # written to profile.json / profile_teacher.json for the report ([]: none)
+    profile_runtimes: list[str] = field(default_factory=lambda: ["eager", "onnx"])
     student: GeneratorConfig = field(default_factory=GeneratorConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)

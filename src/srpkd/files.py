@@ -209,3 +209,12 @@ def refuse_to_replace(path: str | os.PathLike, overwrite: bool, ours: Callable[[
     if ours is not None and ours(path):
         return
     raise SrpkdError(f"{path} exists; use --overwrite to replace it")
+
+
+def read_json_object(path: str | os.PathLike) -> dict | None:
+    """The JSON object in ``path``; None when it is missing, unreadable or not an object (a run's optional files)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

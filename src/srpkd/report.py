@@ -1,13 +1,18 @@
 """Self-contained HTML reports of training runs (images inlined as base64 PNG).
 
 ``write_report(run_dir)`` writes ``run_dir/report.html``: the resolved config,
-a teacher-vs-student table (parameters, MACs, latency when ``profile.json``
-is present, FID/KID and fidelity from ``metrics.json``), the sample grid
-(``samples.png``: input | teacher | student | target), the relation maps of
-teacher and student on the first held-out image (:mod:`srpkd.relmap`) and the
-loss curves drawn from ``log.jsonl``. ``write_comparison(run_dirs, out)`` puts several
-runs side by side, one column per run. Anything missing is shown as
-"not measured"; a report never fails because a run is incomplete.
+a teacher-vs-student table (parameters, MACs, latency per runtime from
+``profile.json`` / ``profile_teacher.json``, which ``srpkd distill`` writes at
+the end, FID/KID and FCN-score from ``metrics.json``), the fidelity to the
+teacher beside a copy of the input (from ``metrics.json``, else the training
+loop's last held-out validation), the sample grid (``samples.png``), the
+relation maps of teacher and student on the first held-out image
+(:mod:`srpkd.relmap`) and the loss curves drawn from ``log.jsonl``.
+``write_comparison(run_dirs, out)`` puts several runs side by side, one column
+per run. Rows that do not apply to the run's task are left out (no ground truth
+in a teacher_only run); what was not measured is shown as "not measured", or,
+for a whole row, named in a note with the command that measures it. A report
+never fails because a run is incomplete.
 """
 from __future__ import annotations
 
@@ -29,11 +34,13 @@ from .assets import resolve_teacher
 from .checkpoint import load_generator
 from .config import load_config
 from .errors import SrpkdError
-from .files import atomic_path, read_lines
+from .files import atomic_path, read_json_object, read_lines
+from .metrics.latency import RUNTIME_NAMES, RUNTIMES, median_ms, where
 from .models import count_macs, count_params
 from .plots import figure_png, pyplot
 from .relmap import RelationMaps, held_out_relation_maps
 from .relmap import render as render_relation_maps
+from .train.validation import sample_columns
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;
@@ -61,12 +68,19 @@ def is_srpkd_report(path: Path) -> bool:
 
 NOT_MEASURED = '<span class="na">not measured</span>'
 
-# (label, section, key, format, direction hint)
+# (label, key, format, direction hint)
 METRIC_ROWS = [
     ("FID (vs real)", "fid", "{:.2f}", "lower is better"),
     ("KID (vs real)", "kid", "{:.4f}", "lower is better"),
     ("PSNR to ground truth (dB)", "psnr", "{:.2f}", "higher is better"),
     ("SSIM to ground truth", "ssim", "{:.4f}", "higher is better"),
+]
+# the METRIC_ROWS keys that apply to a task: no real target images in teacher_only, no ground truth in unpaired
+TASK_METRICS = {"teacher_only": (), "unpaired": ("fid", "kid"), "paired": ("fid", "kid", "psnr", "ssim")}
+FCN_ROWS = [
+    ("FCN-score pixel accuracy", "pixel_acc", "{:.3f}", "higher is better"),
+    ("FCN-score mean class accuracy", "mean_class_acc", "{:.3f}", "higher is better"),
+    ("FCN-score mean IoU", "mean_iou", "{:.3f}", "higher is better"),
 ]
 FIDELITY_ROWS = [
     ("FID student vs teacher", "fid", "{:.2f}", "lower is better"),
@@ -78,14 +92,6 @@ FIDELITY_ROWS = [
 
 
 # ----------------------------------------------------------------------------- reading a run
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_bytes())
-        return data if isinstance(data, dict) else None
-    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
-        return None
 
 
 def read_log(path: Path) -> list[dict]:
@@ -145,9 +151,9 @@ def collect(run_dir: str | os.PathLike) -> dict:
     cfg, cfg_text = _config(run)
     size = cfg.data.crop_size if cfg else 256
     info: dict[str, Any] = {"name": run.name, "path": str(run), "config": cfg, "config_text": cfg_text, "size": size}
-    info["metrics"] = _read_json(run / run_folder.METRICS)
-    info["profile"] = _read_json(run / run_folder.PROFILE)
-    info["teacher_profile"] = _read_json(run / run_folder.PROFILE_TEACHER)
+    info["metrics"] = read_json_object(run / run_folder.METRICS)
+    info["profile"] = read_json_object(run / run_folder.PROFILE)
+    info["teacher_profile"] = read_json_object(run / run_folder.PROFILE_TEACHER)
     info["log"] = read_log(run / run_folder.LOG)
     info["samples"] = run / run_folder.SAMPLES if (run / run_folder.SAMPLES).is_file() else None
     student = teacher = None
@@ -235,17 +241,29 @@ def _primary(metrics: dict | None) -> dict:
 
 
 def _latency(profile: dict | None) -> str:
-    if not profile or not isinstance(profile.get("runtimes"), dict):
+    """Every runtime of a profile in one cell (the comparison page)."""
+    times = median_ms(profile)
+    if not times:
         return NOT_MEASURED
-    parts = [
-        f"{name} {t['median_ms']:.1f}"
-        for name, t in profile["runtimes"].items()
-        if isinstance(t, dict) and t.get("ok")
-    ]
-    if not parts:
-        return NOT_MEASURED
-    where = f"{profile.get('device', '?')}, {profile.get('threads', '?')} threads"
-    return html.escape(f"{', '.join(parts)} ms ({where})")
+    parts = ", ".join(f"{name} {ms:.1f}" for name, ms in times.items())
+    return html.escape(f"{parts} ms ({where(profile)})")
+
+
+def _latency_rows(teacher: dict | None, student: dict | None) -> tuple[list[list[str]], str]:
+    """One row per runtime measured (teacher, student), and a note: where, and the student's speed-up."""
+    t, s = median_ms(teacher), median_ms(student)
+    runtimes = [r for r in RUNTIMES if r in t or r in s]
+    if not runtimes:
+        return [["Latency, median", NOT_MEASURED, NOT_MEASURED]], ""
+    rows = [[f"Latency, {RUNTIME_NAMES[r]} (median) <span class=note>(lower is better)</span>",
+             _fmt(t.get(r), "{:.1f} ms"), _fmt(s.get(r), "{:.1f} ms")] for r in runtimes]
+    places = {where(p) for p in (teacher, student) if median_ms(p)}
+    place = places.pop() if len(places) == 1 else f"teacher {where(teacher)}, student {where(student)}"
+    note = f"Latency: {place}, median of {(student if s else teacher).get('runs', '?')} runs after a warm-up"
+    speedups = [f"{t[r] / s[r]:.1f}x in {RUNTIME_NAMES[r]}" for r in runtimes if r in t and r in s and s[r] > 0]
+    if speedups:
+        note += f"; the student is faster by {', '.join(speedups)}"
+    return rows, html.escape(note) + "."
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -254,57 +272,141 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return f'<table class="metrics"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _with_validation(fidelity: dict, records: list[dict]) -> tuple[dict, int | None]:
-    """Fill PSNR/L1 to the teacher from the last ``val/*_to_teacher`` record of log.jsonl when eval has not run."""
-    missing = [k for k in ("psnr", "l1") if fidelity.get(k) is None]
+VALIDATED = ("psnr", "l1", "st_lpips")  # what the training loop measures against the teacher on held-out images
+
+
+def _logged(rec: dict, name: str) -> float | None:
+    """``test/NAME`` (the split a run is reported on when it has a val split), else ``val/NAME``, of a record."""
+    for prefix in ("test/", "val/"):
+        value = rec.get(prefix + name)
+        if isinstance(value, (int, float)):
+            return value
+    return None
+
+
+def _with_validation(fidelity: dict, copy: dict, records: list[dict]) -> tuple[dict, dict, int | None]:
+    """Fill the student's and the copy's PSNR / L1 / ST-LPIPS to the teacher from the last log.jsonl record
+    that has them, where ``srpkd eval`` has not measured them; and the step of that record (None: not used)."""
     for rec in reversed(records):
-        found = {
-            k: rec[f"val/{k}_to_teacher"] for k in missing if isinstance(rec.get(f"val/{k}_to_teacher"), (int, float))
-        }
-        if found:
-            return {**fidelity, **found}, rec.get("step")
-    return fidelity, None
+        student = {k: _logged(rec, f"{k}_to_teacher") for k in VALIDATED if fidelity.get(k) is None}
+        baseline = {k: _logged(rec, f"copy_{k}_to_teacher") for k in VALIDATED if copy.get(k) is None}
+        student = {k: v for k, v in student.items() if v is not None}
+        baseline = {k: v for k, v in baseline.items() if v is not None}
+        if student:
+            return {**fidelity, **student}, {**copy, **baseline}, rec.get("step")
+    return fidelity, copy, None
 
 
-def _run_table(info: dict) -> str:
-    m = _primary(info["metrics"])
+def _task(info: dict) -> str | None:
+    cfg = info["config"]
+    return cfg.task if cfg else (info["metrics"] or {}).get("task")
+
+
+def _measured_rows(rows: list[tuple[str, str, list]], unmeasured: list[str]) -> list[list[str]]:
+    """Table rows from (label, format, values); a row without any value is named in ``unmeasured`` instead."""
+    out = []
+    for label, fmt, values in rows:
+        if all(v is None for v in values):
+            unmeasured.append(label)
+        else:
+            out.append([label, *[_fmt(v, fmt) for v in values]])
+    return out
+
+
+def _hinted(label: str, hint: str) -> str:
+    return f"{label} <span class=note>({hint})</span>"
+
+
+def _not_measured_note(labels: list[str], run: str) -> str:
+    if not labels:
+        return ""
+    return (f'<p class="note">Not measured: {html.escape(", ".join(labels))}; '
+            f"<code>srpkd eval {html.escape(run)}</code> measures them.</p>")
+
+
+def _main_table(info: dict, m: dict) -> str:
+    """Teacher and student side by side: size, latency, and the metrics that apply to the run's task."""
     s, t = info["student"] or {}, info["teacher"] or {}
     rows = [
         ["Architecture", html.escape(f"{t.get('arch')} {t.get('kwargs')}") if t else NOT_MEASURED,
          html.escape(f"{s.get('arch')} {s.get('kwargs')}") if s else NOT_MEASURED],
         ["Parameters", _count(t.get("params"), 1e6, "M"), _count(s.get("params"), 1e6, "M")],
         [f"MACs at {info['size']} px", _count(t.get("macs"), 1e9, "G"), _count(s.get("macs"), 1e9, "G")],
-        ["Latency, median", _latency(info["teacher_profile"]), _latency(info["profile"])],
     ]
-    for label, key, fmt, hint in METRIC_ROWS:
-        rows.append([f"{label} <span class=note>({hint})</span>",
-                     _fmt(m.get("teacher", {}).get(key), fmt), _fmt(m.get("student", {}).get(key), fmt)])
-    table = _table(["", "teacher", "student"], rows)
-    fidelity, val_step = _with_validation(m.get("fidelity", {}), info["log"])
-    fid_rows = [
-        [f"{label} <span class=note>({hint})</span>", _fmt(fidelity.get(key), fmt)]
-        for label, key, fmt, hint in FIDELITY_ROWS
-    ]
-    table += "<h3>Fidelity to the teacher</h3>" + _table(["", "student"], fid_rows)
+    latency, latency_note = _latency_rows(info["teacher_profile"], info["profile"])
+    rows += latency
+    task = _task(info)
+    keys = TASK_METRICS.get(task, TASK_METRICS["paired"])
+    unmeasured: list[str] = []
+    metric_rows = [(_hinted(label, hint), fmt, [m.get("teacher", {}).get(key), m.get("student", {}).get(key)])
+                   for label, key, fmt, hint in METRIC_ROWS if key in keys]
+    fcn = m.get("fcn") or {}
+    metric_rows += [(_hinted(label, hint), fmt, [fcn.get("teacher", {}).get(key), fcn.get("student", {}).get(key)])
+                    for label, key, fmt, hint in FCN_ROWS if fcn]
+    rows += _measured_rows(metric_rows, unmeasured)
+    notes = [f'<p class="note">{latency_note}</p>' if latency_note else ""]
+    if task == "teacher_only":
+        notes.append('<p class="note">A teacher_only run has no real target images: no FID against real images '
+                     "and no ground truth; its figures are the fidelity to the teacher below.</p>")
+    elif task == "unpaired":
+        notes.append('<p class="note">Unpaired data has no ground truth: no PSNR or SSIM to it.</p>')
+    if fcn:
+        real = fcn.get("real") or {}
+        real_note = ("; the real photos score " + ", ".join(
+            f"{label.removeprefix('FCN-score ')} {real[key]:.3f}" for label, key, _, _ in FCN_ROWS
+            if isinstance(real.get(key), (int, float)))) if real else ""
+        notes.append(f'<p class="note">FCN-score: {html.escape(str(fcn.get("segmenter")))} on the generated photos '
+                     f"against the input label maps (palette {html.escape(str(fcn.get('palette')))}, "
+                     f"{fcn.get('ignored_fraction', 0):.1%} of label pixels ignored){html.escape(real_note)}.</p>")
+    notes.append(_not_measured_note([label.split(" <span")[0] for label in unmeasured], info["path"]))
+    return _table(["", "teacher", "student"], rows) + "".join(notes)
+
+
+def _fidelity_table(info: dict, m: dict) -> str:
+    """The student against the teacher, beside a copy of the input (the baseline a student must beat)."""
+    fidelity, copy, val_step = _with_validation(m.get("fidelity", {}), m.get("copy", {}), info["log"])
+    unmeasured: list[str] = []
+    rows = _measured_rows([(_hinted(label, hint), fmt, [fidelity.get(key), copy.get(key)])
+                           for label, key, fmt, hint in FIDELITY_ROWS], unmeasured)
+    out = "<h3>Fidelity to the teacher</h3>"
+    if rows:
+        out += _table(["", "student", "copy of the input"], rows)
     if val_step is not None:
-        table += (f'<p class="note">PSNR and L1 from the training loop\'s held-out validation at step {val_step}; '
-                  f"<code>srpkd eval {html.escape(info['name'])}</code> adds FID, KID and ST-LPIPS.</p>")
+        out += (f'<p class="note">PSNR, L1 and ST-LPIPS from the training loop\'s held-out validation at step '
+                f"{val_step}: the run's student and a copy of its input, each against the teacher's output.</p>")
+    return out + _not_measured_note([label.split(" <span")[0] for label in unmeasured], info["path"])
+
+
+def _run_table(info: dict) -> str:
+    m = _primary(info["metrics"])
+    table = _main_table(info, m)
+    if info["teacher_spec"] or m.get("fidelity"):
+        table += _fidelity_table(info, m)
     if m:
         ref = m.get("reference")
         note = f"{m.get('n_images')} test images, direction {m.get('direction')}, {m.get('size')} px"
         if ref:
             note += f"; FID/KID reference: {ref.get('name')} ({ref.get('count')} images)"
         kid_subset = m.get("student", m.get("fidelity", {})).get("kid_subset_size", "?")
-        table += f'<p class="note">{html.escape(note)}. KID uses subsets of {kid_subset} images.</p>'
+        table += f'<p class="note">srpkd eval: {html.escape(note)}. KID uses subsets of {kid_subset} images.</p>'
     other = [k for k in (info["metrics"] or {}).get("directions", {}) if k != (info["metrics"] or {}).get("primary")]
     for direction in other:
         d = info["metrics"]["directions"][direction]
         rows = [
             [label, _fmt(d.get("teacher", {}).get(key), fmt), _fmt(d.get("student", {}).get(key), fmt)]
-            for label, key, fmt, _ in METRIC_ROWS
+            for label, key, fmt, _ in METRIC_ROWS if key in TASK_METRICS.get(_task(info), ())
         ]
         table += f"<h3>Direction {html.escape(direction)}</h3>" + _table(["", "teacher", "student"], rows)
     return table
+
+
+def _sample_caption(info: dict) -> str:
+    cfg = info["config"]
+    if cfg is None:
+        return "samples.png"
+    columns = sample_columns(bool(cfg.teacher.checkpoint), cfg.task == "paired")
+    return (f"{' | '.join(columns)}: the first held-out images of the run (samples.png; "
+            f"each column at least 128 px wide)")
 
 
 def _images(info: dict) -> str:
@@ -314,7 +416,7 @@ def _images(info: dict) -> str:
     if uri is None:
         return '<p class="na">samples.png could not be read</p>'
     return (f'<figure><img alt="samples of {html.escape(info["name"])}" src="{uri}">'
-            "<figcaption>input | teacher | student | target (samples.png)</figcaption></figure>")
+            f"<figcaption>{html.escape(_sample_caption(info))}</figcaption></figure>")
 
 
 def _relation_maps_html(info: dict) -> str:

@@ -6,7 +6,7 @@
         config.yaml                    the resolved config             srpkd train / distill
         log.jsonl                      one JSON record per logged step and per validation
         tb/                            TensorBoard events
-        samples.png                    input | teacher | student | target, fixed held-out images
+        samples.png                    input | teacher | student | target, fixed held-out images, labelled
         student.safetensors            the trained generator (A->B), written when training ends
         student_B.safetensors          unpaired task, both directions: the B->A generator
         checkpoints/last.safetensors   the training state to resume from (srpkd.train.state)
@@ -14,7 +14,8 @@
         checkpoints/step_0000500.safetensors   periodic states, the newest keep_last kept
         teacher_cache/A.rank0/         cache_draws: the teacher's outputs of K draws per item (srpkd.distill.draws)
         metrics.json                   srpkd eval
-        profile.json                   srpkd profile -o (student); profile_teacher.json for the teacher
+        profile.json                   latency of the student (end of srpkd distill, or srpkd profile -o);
+        profile_teacher.json           and of its teacher
         report.html                    srpkd report
 
 Names are relative to the run folder: ``run_dir / LAST`` is a path.

@@ -8,6 +8,7 @@ from ..errors import SrpkdError
 from ..files import refuse_to_replace, write_json
 from ..metrics.evaluate import Scorer, default_output, evaluate_run, score_folders
 from ..metrics.fid import FeatureCache
+from ..metrics.segmentation import INPUTS, FcnScorer, Segmenter, load_palette
 from .translate import add_train_mode_arguments
 
 
@@ -19,7 +20,9 @@ def register(sub) -> None:
             "Translate the test split with a run's student (or a checkpoint) and score it: paired tasks against "
             "the ground truth (FID, KID, PSNR, SSIM), unpaired tasks against the real target domain train+test "
             "(FID, KID), and against the teacher's outputs whenever a teacher is known (FID, KID, PSNR, L1, "
-            "ST-LPIPS). With --images, score a folder of generated images against --real DIR or --data DIR."
+            "ST-LPIPS). With --images, score a folder of generated images against --real DIR or --data DIR. "
+            "With --segmenter, a label -> photo run also gets its FCN-score (pixel accuracy, mean class accuracy, "
+            "mean IoU, per class) against the label maps it was given."
         ),
     )
     p.add_argument("target", nargs="?", help="run folder or srpkd .safetensors generator")
@@ -37,6 +40,15 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--no-perceptual", action="store_true", help="skip ST-LPIPS")
     p.add_argument("--no-cache", action="store_true", help="do not read or write cached real-image features")
+    p.add_argument("--segmenter", metavar="MODEL",
+                   help="FCN-score: a segmentation network (ONNX or TorchScript) mapping photos to the classes of "
+                        "the label maps")
+    p.add_argument("--palette", metavar="NAME_OR_JSON",
+                   help="with --segmenter: the label maps' colours, facades, cityscapes or a JSON file "
+                        "(default: from the data folder's name)")
+    p.add_argument("--segmenter-input", choices=INPUTS, default="minus1",
+                   help="with --segmenter: the pixel range it expects: minus1 [-1, 1] (default), unit [0, 1], "
+                        "imagenet ([0, 1] normalised by ImageNet mean and std)")
     p.add_argument("-o", "--out", help="metrics JSON path (default: RUN/metrics.json or CKPT.metrics.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing -o file")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -60,6 +72,10 @@ def run(args) -> int:
         raise SrpkdError("give a run folder or checkpoint, or --images DIR with --real DIR or --data DIR")
     if args.out:
         refuse_to_replace(args.out, args.overwrite)
+    if args.images and args.segmenter:
+        raise SrpkdError("--segmenter scores a run or checkpoint (it needs the label maps the generator was given)")
+    if args.palette and not args.segmenter:
+        raise SrpkdError("--palette goes with --segmenter")
     device = resolve_device(args.device)
     scorer = Scorer(device=device, batch=args.batch, progress=not args.quiet, perceptual=not args.no_perceptual,
                     cache=FeatureCache(enabled=not args.no_cache))
@@ -74,7 +90,8 @@ def run(args) -> int:
             teacher = ""
         result = evaluate_run(args.target, data=args.data, mode=args.mode, direction=args.direction, teacher=teacher,
                               size=args.size, max_images=args.max_images, scorer=scorer,
-                              network_mode="train" if args.train_mode else "eval", seed=args.seed)
+                              network_mode="train" if args.train_mode else "eval", seed=args.seed,
+                              fcn=_fcn_scorer(args, device))
         out = args.out or default_output(args.target)
     if out:
         path = write_json(out, result)
@@ -90,6 +107,14 @@ def run(args) -> int:
     return 0
 
 
+def _fcn_scorer(args, device) -> FcnScorer | None:
+    """The segmenter and palette of --segmenter, or None."""
+    if not args.segmenter:
+        return None
+    palette = load_palette(args.palette) if args.palette else None  # None: from the data folder's name
+    return FcnScorer(Segmenter(args.segmenter, inputs=args.segmenter_input, device=device), palette, args.batch)
+
+
 def _fmt(key: str, value) -> str:
     if value is None:
         return "-"
@@ -103,6 +128,20 @@ def _fmt(key: str, value) -> str:
 
 
 METRIC_ORDER = ["fid", "kid", "kid_std", "psnr", "ssim", "l1", "st_lpips"]
+
+
+FCN_ROWS = [("pixel_acc", "pixel acc"), ("mean_class_acc", "class acc"), ("mean_iou", "mean IoU")]
+
+
+def fcn_table(fcn: dict) -> list[str]:
+    """The FCN-score lines of one direction: student, teacher and real photos side by side."""
+    cols = [c for c in ("student", "teacher", "real") if c in fcn]
+    lines = [f"  FCN-score ({fcn['segmenter']}, palette {fcn['palette']}, "
+             f"{fcn['ignored_fraction']:.1%} of label pixels ignored)",
+             f"  {'':<10}" + "".join(f"{c + (' photos' if c == 'real' else ''):>22}" for c in cols)]
+    for key, label in FCN_ROWS:
+        lines.append(f"  {label:<10}" + "".join(f"{_fmt('ssim', fcn[c][key]):>22}" for c in cols))
+    return lines
 
 
 def format_table(result: dict) -> str:
@@ -131,5 +170,10 @@ def format_table(result: dict) -> str:
         for k in METRIC_ORDER:
             if any(k in r[c] for c in cols):
                 lines.append(f"  {k:<10}" + "".join(f"{_fmt(k, r[c].get(k)) if k in r[c] else '':>22}" for c in cols))
+        if "copy" in r:
+            copy = ", ".join(f"{k} {_fmt(k, r['copy'][k])}" for k in METRIC_ORDER if k in r["copy"])
+            lines.append(f"  a copy of the input vs the teacher: {copy}")
+        if "fcn" in r:
+            lines.extend(fcn_table(r["fcn"]))
     lines.append(f"time {result['time_s']:.1f} s")
     return "\n".join(lines)

@@ -20,6 +20,8 @@ from .. import run_folder
 from ..config import Config, load_config, save_config
 from ..errors import SrpkdError
 from ..files import FileTaken
+from ..files import read_json_object
+from ..metrics.latency import median_ms, where
 from ..models import count_macs, count_params
 from ..report import write_report
 from ..train import dist
@@ -132,11 +134,27 @@ def summary_table(trainer) -> list[str]:
             f"(copy of the input: {ev['copy_psnr_to_teacher']:.2f} dB), "
             f"L1 {ev['l1_to_teacher']:.4f} (copy {ev['copy_l1_to_teacher']:.4f})"
         )
+    if "st_lpips_to_teacher" in ev:
+        copy = f" (copy {ev['copy_st_lpips_to_teacher']:.4f})" if "copy_st_lpips_to_teacher" in ev else ""
+        lines.append(f"ST-LPIPS to the teacher (lower is better): {ev['st_lpips_to_teacher']:.4f}{copy}")
+    lines.extend(latency_lines(trainer.run_dir))
     if "psnr_to_target" in ev:
         lines.append(f"held-out ground truth ({n} images): PSNR {ev['psnr_to_target']:.2f} dB, "
                      f"L1 {ev['l1_to_target']:.4f}")
     if "cycle_l1" in ev:
         lines.append(f"held-out cycle L1 A->B->A ({n} images): {ev['cycle_l1']:.4f}")
+    return lines
+
+
+def latency_lines(run_dir: Path) -> list[str]:
+    """One line per profiled network of a finished run (profile_teacher.json, profile.json)."""
+    lines = []
+    for who, name in (("teacher", run_folder.PROFILE_TEACHER), ("student", run_folder.PROFILE)):
+        profile = read_json_object(run_dir / name)
+        times = median_ms(profile)
+        if times:
+            cols = ", ".join(f"{runtime} {ms:.1f} ms" for runtime, ms in times.items())
+            lines.append(f"latency of the {who} ({where(profile)}): {cols}")
     return lines
 
 

@@ -11,7 +11,14 @@ Protocols (see docs/metrics.md):
   inputs: FID, KID, PSNR, L1 and shift-tolerant LPIPS.
 
 When a teacher is known, the teacher's own outputs are scored with the same
-protocol, so that teacher and student sit side by side.
+protocol, so that teacher and student sit side by side, and a copy of the
+input is scored against the teacher as the baseline a student must beat
+(``copy``: PSNR, L1, ST-LPIPS; only where input and output have one shape).
+
+With a segmenter (``srpkd eval --segmenter``), a label -> photo direction also
+gets its FCN-score (:mod:`.segmentation`): the outputs of student and teacher,
+and the real photos where the data has them, segmented and compared with the
+label maps that were the inputs.
 
 Test images are resized to ``size`` x ``size`` (bicubic, no crop, no flip)
 before translation; the real reference images go through the same
@@ -20,6 +27,7 @@ Inception resize. Features of real sets are cached by content hash.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -44,6 +52,7 @@ from . import image as image_metrics
 from .fid import FeatureCache, content_key, extract_features, fid_from_features, kid_from_features
 from .inception import inception
 from .perceptual import stlpips
+from .segmentation import FcnScorer, check_label_maps, infer_palette, label_ids
 
 FORMAT = 1
 OTHER = {"AtoB": "BtoA", "BtoA": "AtoB"}
@@ -134,6 +143,29 @@ def fidelity_metrics(student: torch.Tensor, teacher: torch.Tensor, scorer: Score
     if scorer.perceptual:
         out["st_lpips"] = perceptual_mean(student, teacher, scorer)
     return out
+
+
+def copy_metrics(inputs: torch.Tensor, teacher: torch.Tensor, scorer: Scorer) -> dict | None:
+    """PSNR, L1 and ST-LPIPS of a copy of the input to the teacher's outputs; None when the shapes differ."""
+    if inputs.shape != teacher.shape:
+        return None
+    out = {"psnr": _finite(image_metrics.psnr(inputs, teacher)), "l1": image_metrics.l1(inputs, teacher)}
+    if scorer.perceptual:
+        out["st_lpips"] = perceptual_mean(inputs, teacher, scorer)
+    return out
+
+
+def fcn_metrics(out: dict[str, torch.Tensor], names: list[str], fcn: FcnScorer) -> dict:
+    """FCN-scores of each model's outputs (and of the real photos, ``real``, when the data has them) against
+    the label maps that were the inputs."""
+    labels = label_ids(out["input"], fcn.palette)
+    result: dict[str, Any] = {**fcn.describe(),
+                              "ignored_fraction": check_label_maps(labels, fcn.palette, "the test inputs")}
+    for name in names:
+        result[name] = fcn.score(out[name], labels)
+    if "target" in out:
+        result["real"] = fcn.score(out["target"], labels)
+    return result
 
 
 @torch.no_grad()
@@ -230,11 +262,13 @@ def evaluate_generator(
     scorer: Scorer | None = None,
     network_mode: str = "eval",
     seed: int = 0,
+    fcn: FcnScorer | None = None,
 ) -> dict:
     """Score one direction of a generator (and its teacher, when given) on a test split.
 
     ``network_mode="train"`` runs student and teacher as pytorch-CycleGAN-and-pix2pix's test.py does
-    without ``--eval`` (docs/metrics.md, "Train-mode evaluation"); ``seed`` seeds their dropout."""
+    without ``--eval`` (docs/metrics.md, "Train-mode evaluation"); ``seed`` seeds their dropout.
+    ``fcn``: add the FCN-score of a label -> photo direction."""
     scorer = scorer or Scorer()
     teacher_multiple = getattr(teacher, "size_multiple", 4) if teacher is not None else 1
     multiple = max(getattr(student, "size_multiple", 4), teacher_multiple)
@@ -254,7 +288,9 @@ def evaluate_generator(
     models = {"student": student.to(scorer.device).eval()}
     if teacher is not None:
         models["teacher"] = teacher.to(scorer.device).eval()
-    out = translate(models, dataset, scorer, keep_target=has_target, network_mode=network_mode, seed=seed)
+    keep_target = has_target or (fcn is not None and mode == "aligned")  # FCN-scores the real photos too
+    out = translate(models, dataset, scorer, keep_target=keep_target, network_mode=network_mode, seed=seed)
+    fcn_result = fcn_metrics(out, list(models), fcn) if fcn is not None else None  # before FID: fails fast
     feats = {name: scorer.features(out[name], f"features {name}") for name in models}
 
     result: dict[str, Any] = {"n_images": len(dataset), "direction": direction, "size": size,
@@ -275,6 +311,11 @@ def evaluate_generator(
         result["fidelity"] = fidelity_metrics(
             out["student"], out["teacher"], scorer, feats["student"], feats["teacher"]
         )
+        copy = copy_metrics(out["input"], out["teacher"], scorer)
+        if copy is not None:
+            result["copy"] = copy
+    if fcn_result is not None:
+        result["fcn"] = fcn_result
     result["time_s"] = round(time.perf_counter() - t0, 3)
     return result
 
@@ -291,6 +332,7 @@ def evaluate_run(
     scorer: Scorer | None = None,
     network_mode: str = "eval",
     seed: int = 0,
+    fcn: FcnScorer | None = None,
 ) -> dict:
     """Evaluate a run folder (its config gives data, task and teachers) or a bare checkpoint.
 
@@ -321,13 +363,16 @@ def evaluate_run(
         task = task_for_data(mode)
     if mode in ("aligned", "unaligned", "single") and not root:
         raise SrpkdError(f"data mode {mode!r} needs a data folder (--data DIR)")
+    if fcn is not None and fcn.palette is None:
+        fcn = dataclasses.replace(fcn, palette=infer_palette(root))
     scorer = scorer or Scorer()
 
     teacher_model = resolve_teacher(teacher_spec) if teacher_spec else None
     t0 = time.perf_counter()
     directions = {direction: evaluate_generator(
         student, task=task, mode=mode, root=root, direction=direction, test_split=test_split, train_split=train_split,
-        size=size, teacher=teacher_model, max_images=max_images, scorer=scorer, network_mode=network_mode, seed=seed)}
+        size=size, teacher=teacher_model, max_images=max_images, scorer=scorer, network_mode=network_mode, seed=seed,
+        fcn=fcn)}
     student_b = target / run_folder.STUDENT_B if target.is_dir() else None
     if task == "unpaired" and student_b is not None and student_b.is_file():
         teacher_b = cfg.teacher.checkpoint_B if cfg else None

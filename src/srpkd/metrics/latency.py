@@ -203,6 +203,25 @@ def profile_model(
         torch.set_num_threads(previous_threads)
 
 
+RUNTIME_NAMES = {"eager": "PyTorch eager", "compile": "torch.compile", "onnx": "ONNX Runtime"}
+
+
+def median_ms(profile: dict | None) -> dict[str, float]:
+    """Runtime -> median latency in ms of a :func:`profile_model` record (runtimes that ran; {} for none)."""
+    runtimes = profile.get("runtimes") if isinstance(profile, dict) else None
+    if not isinstance(runtimes, dict):
+        return {}
+    return {name: float(r["median_ms"]) for name, r in runtimes.items()
+            if isinstance(r, dict) and r.get("ok") and isinstance(r.get("median_ms"), (int, float))}
+
+
+def where(profile: dict) -> str:
+    """Where a profile ran, e.g. ``cpu, 2 threads, batch 1, 128 px``."""
+    threads = profile.get("threads")
+    parts = [str(profile.get("device", "?"))] + ([f"{threads} thread{'s' * (threads != 1)}"] if threads else [])
+    return ", ".join(parts + [f"batch {profile.get('batch', 1)}", f"{profile.get('size', '?')} px"])
+
+
 def runtime_versions() -> dict:
     """Versions of Python, PyTorch, ONNX Runtime (and CUDA) that a latency depends on."""
     v = {"python": platform.python_version(), "torch": torch.__version__, "onnxruntime": ort.__version__}

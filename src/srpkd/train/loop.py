@@ -28,6 +28,8 @@ from .. import devices, run_folder
 from ..checkpoint import save_generator
 from ..config import Config, save_config
 from ..errors import SrpkdError
+from ..files import write_json
+from ..metrics.latency import RUNTIMES, profile_model
 from ..models.sizes import describe, min_input_size
 from . import caches, dist
 from .data import (SeededDataset, batches_per_epoch, check_train_sizes, eval_batch, is_deterministic, iterate,
@@ -43,6 +45,7 @@ log = logging.getLogger("srpkd.train")
 
 INITIAL_PLAN = 1000  # steps planned before a time budget has timed any (optim.time with optim.steps 0)
 REPLAN_EVERY = 10  # steps between the time budget's plans
+PROFILE_WARMUP, PROFILE_RUNS = 2, 10  # the end-of-run latency: a few seconds for the main job's teacher
 
 
 class NonFiniteLoss(SrpkdError):
@@ -92,6 +95,10 @@ class Trainer:
             set_deterministic(self.device)
         seed_everything(cfg.seed)
         check_task(cfg, distill)
+        unknown = [r for r in cfg.profile_runtimes if r not in RUNTIMES]
+        if unknown:
+            raise SrpkdError(f"profile_runtimes: unknown runtime(s) {', '.join(map(str, unknown))}; "
+                             f"choose from {', '.join(RUNTIMES)}")
         self._build_data()
         self.task = build_task(cfg, self.device, distill)
         self.eval_batch, val_batch = self._check_sizes()
@@ -199,15 +206,20 @@ class Trainer:
         return self.validation.evaluate()
 
     def write_samples(self) -> None:
-        grid = (self.test or self.validation).samples()  # the held-out test photos the figures are on
-        save_grid(grid, self.run_dir / run_folder.SAMPLES)
+        held_out = self.test or self.validation  # the held-out test photos the figures are on
+        grid = held_out.samples()
+        save_grid(grid, self.run_dir / run_folder.SAMPLES, held_out.sample_columns())
         self.runlog.add_image("samples", grid, self.step)
 
-    def _validate(self, epoch: int) -> None:
+    def _validate(self, epoch: int, final: bool = False) -> None:
+        """Measure the held-out images, log it, keep the best checkpoint. ``final``: the last validation of a
+        finished run, which also measures ST-LPIPS when its split is the one the run is reported on."""
         ev = self.evaluate()
         metric = ev.pop("metric", None)
         if self.test is not None and self.cfg.eval_test:
             ev.update({k: v for k, v in self.test.evaluate().items() if k != "metric"})
+        if final and self.test is None:
+            ev.update(self.validation.perceptual())
         self.runlog.write_validation(self.step, epoch, self.elapsed(), ev)
         self.last_eval = ev
         if metric is not None and (self.best is None or metric < self.best["value"]):
@@ -344,18 +356,41 @@ class Trainer:
         """Rank 0: the final validation and checkpoint; when done, the students (the best by the val split,
         if the run has one) and their held-out figures, and the samples."""
         if status == "done" and self.total_steps > start:
-            self._validate(self.step // self.bpe)
+            self._validate(self.step // self.bpe, final=True)
         self.save(self.run_dir / run_folder.LAST)
         if status == "done":
             if self.test is not None:
                 self._keep_best()
                 self.final_eval = self.test.evaluate()
                 self.final_eval.pop("metric", None)
+                self.final_eval.update(self.test.perceptual())
                 self.runlog.write_validation(self.step, self.step // self.bpe, self.elapsed(), self.final_eval)
             for d in self.task.directions:
                 name = run_folder.STUDENT if d.name == "A" else run_folder.STUDENT_B
                 save_generator(d.G, self.run_dir / name, run=self.run_dir.name, step=self.step)
             self.write_samples()
+            if self.distill:
+                self._profile()
+
+    def _profile(self) -> None:
+        """Batch-1 latency of the student and its teacher (the run's crop size, device and threads) in
+        ``profile_runtimes``, as ``srpkd profile`` writes it: what the report's latency rows show."""
+        runtimes = self.cfg.profile_runtimes
+        if not runtimes:
+            return
+        models = {run_folder.PROFILE: (self.G, str(self.run_dir / run_folder.STUDENT))}
+        if self.teacher is not None:
+            models[run_folder.PROFILE_TEACHER] = (self.teacher.generator, self.cfg.teacher.checkpoint)
+        t0 = time.time()
+        for name, (model, source) in models.items():
+            try:
+                info = profile_model(model, size=self.cfg.data.crop_size, runtimes=runtimes, device=self.device,
+                                     threads=self.cfg.threads, warmup=PROFILE_WARMUP, runs=PROFILE_RUNS, source=source)
+            except SrpkdError as e:  # e.g. a crop size the architecture cannot take at batch 1: the run is still done
+                log.warning(f"srpkd: no latency for {name}: {e}")
+                continue
+            write_json(self.run_dir / name, info)
+        log.debug(f"latency of {len(models)} model(s) in {', '.join(runtimes)}: {time.time() - t0:.1f} s")
 
     def _keep_best(self) -> None:
         """Load the best checkpoint's generators (chosen on the val split) as the run's students."""

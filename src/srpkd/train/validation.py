@@ -1,7 +1,8 @@
 """What the loop measures on fixed held-out images: validation metrics (for the best checkpoint) and the sample grid.
 
 * with a teacher: student-to-teacher L1 and PSNR (the metric the best checkpoint is chosen by), and the
-  same figures for a copy of the input (the baseline a student must beat: ``copy_*``);
+  same figures for a copy of the input (the baseline a student must beat: ``copy_*``); at the end of a run
+  also ST-LPIPS (:meth:`Validation.perceptual`), too slow to measure at every validation;
 * paired task: L1 and PSNR to the ground truth B;
 * unpaired, both directions: cycle L1 of A -> B -> A.
 
@@ -10,18 +11,31 @@ as a float32 network and its figures are against the float32 teacher.
 """
 from __future__ import annotations
 
+import logging
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from ..checkpoint import atomic_path
+from ..errors import SrpkdError
 from ..metrics.image import psnr
+from ..metrics.perceptual import stlpips
 from .tasks import Task
 
+log = logging.getLogger("srpkd.train")
+
 METRICS = ("l1_to_teacher", "l1_to_target", "cycle_l1")  # the best checkpoint's metric: first present
+MIN_TILE = 128  # samples.png shows each image at least this wide (smaller crops are enlarged, nearest neighbour)
+MIN_PERCEPTUAL = 32  # ST-LPIPS needs images of at least 32 x 32 px
+
+
+def sample_columns(has_teacher: bool, has_target: bool) -> list[str]:
+    """The columns of the sample grid, left to right."""
+    return ["input"] + ["teacher"] * has_teacher + ["student"] + ["target"] * has_target
 
 
 class Validation:
@@ -69,6 +83,31 @@ class Validation:
                           "copy_psnr_to_teacher": float(psnr(xa, t))}
         return self._copy
 
+    @torch.no_grad()
+    def perceptual(self) -> dict[str, float]:
+        """ST-LPIPS of the student and of a copy of the input to the teacher (``prefix``-named); empty without a
+        teacher, for images under 32 px, or when the ST-LPIPS weights cannot be read (said in the log)."""
+        t = self.teacher_images()
+        xa = self.batch["A"]
+        if t is None or min(xa.shape[-2:]) < MIN_PERCEPTUAL:
+            return {}
+        try:
+            model = stlpips(self.task.device)
+        except SrpkdError as e:
+            log.warning(f"srpkd: no ST-LPIPS at the end of the run: {e}")
+            return {}
+        s = self.translate(self.task.student.G, xa)
+
+        def distance(a: torch.Tensor) -> float:
+            d = self.task.device
+            return float(torch.cat([model(a[i : i + 8].to(d), t[i : i + 8].to(d)).cpu() for i in range(0, len(a), 8)])
+                         .mean())
+
+        out = {"st_lpips_to_teacher": distance(s)}
+        if xa.shape == t.shape:
+            out["copy_st_lpips_to_teacher"] = distance(xa)
+        return {self.prefix + k: v for k, v in out.items()}
+
     def _targets(self) -> torch.Tensor | None:
         return self.batch["B"] if self.task.has_targets and "B" in self.batch else None
 
@@ -99,8 +138,13 @@ class Validation:
         """The name (with prefix) of the metric ``evaluate`` put in ``ev["metric"]``."""
         return next(self.prefix + k for k in METRICS if self.prefix + k in ev)
 
+    def sample_columns(self) -> list[str]:
+        """The columns of :meth:`samples`."""
+        return sample_columns(self.teacher_images() is not None, self._targets() is not None)
+
     def samples(self, n: int = 4) -> torch.Tensor:
-        """Grid rows: input | teacher | student | target, on the first ``n`` held-out images; in [0, 1]."""
+        """Grid rows: input | teacher | student | target (:meth:`sample_columns`), on the first ``n`` held-out
+        images; in [0, 1]."""
         xa = self.batch["A"][:n]
         cols = [xa]
         t = self.teacher_images()
@@ -115,8 +159,40 @@ class Validation:
         return ((grid.clamp(-1, 1) + 1) / 2).cpu()
 
 
-def save_grid(grid: torch.Tensor, path: Path) -> None:
-    """A (3, H, W) image in [0, 1] as a PNG, written atomically."""
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):  # a Pillow without FreeType: its small bitmap font
+        return ImageFont.load_default()
+
+
+def labelled_grid(grid: torch.Tensor, columns: list[str], min_tile: int = MIN_TILE) -> Image.Image:
+    """A grid of equal-width columns (a (3, H, W) tensor in [0, 1]) enlarged so that each column is at least
+    ``min_tile`` px wide (nearest neighbour, whole factors), under a header naming the columns."""
     arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    image = Image.fromarray(arr)
+    tile = image.width // max(1, len(columns))
+    factor = max(1, math.ceil(min_tile / max(1, tile)))
+    if factor > 1:
+        image = image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+    tile *= factor
+    font = _font(max(14, tile // 7))
+    header = max(20, tile // 6)
+    out = Image.new("RGB", (image.width, image.height + header), (255, 255, 255))
+    out.paste(image, (0, header))
+    draw = ImageDraw.Draw(out)
+    for i, name in enumerate(columns):
+        left, top, right, bottom = draw.textbbox((0, 0), name, font=font)
+        draw.text((i * tile + (tile - right - left) / 2, (header - bottom - top) / 2), name, fill=(0, 0, 0), font=font)
+    return out
+
+
+def save_grid(grid: torch.Tensor, path: Path, columns: list[str] | None = None) -> None:
+    """A (3, H, W) image in [0, 1] as a PNG, written atomically; with ``columns``, enlarged and labelled
+    (:func:`labelled_grid`)."""
+    if columns:
+        image = labelled_grid(grid, columns)
+    else:
+        image = Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
     with atomic_path(path) as tmp:
-        Image.fromarray(arr).save(tmp, format="PNG")
+        image.save(tmp, format="PNG")
