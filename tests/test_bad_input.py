@@ -1043,6 +1043,25 @@ def _(t):
                  "--size", "4", "--no-perceptual"], ["4x4", "too small"], absent=[t / "g.safetensors.metrics.json"])
 
 
+@row("distill_cache_draws_negative")
+def _(t):
+    distill_world(t)
+    return Case(distill(t, "--set", "cache_draws=-1"), ["cache_draws", "negative"], absent=[t / "runs" / "r"])
+
+
+@row("distill_amp_unknown")
+def _(t):
+    distill_world(t)
+    return Case(distill(t, "--set", "amp=fp8"), ["amp", "auto", "fp8"], absent=[t / "runs" / "r"])
+
+
+@row("distill_srp_precision_unknown")
+def _(t):
+    distill_world(t)
+    return Case(distill(t, "--set", "loss.srp_precision=half"), ["loss.srp_precision", "float32"],
+                absent=[t / "runs" / "r"])
+
+
 @row("distill_size_4")
 def _(t):
     distill_world(t)
