@@ -11,7 +11,7 @@ here the first time the slot is met and read back on every later visit.
 
 * Storage: one memory-mapped file per tensor in ``RUN/teacher_cache/<direction>.rank<r>/``,
   images and features as float16 (half the bytes of float32; the rounding is
-  below 1e-3 of a unit-scale feature, see BENCHMARKS.md section 3), row norms as
+  below 1e-3 of a unit-scale feature, see BENCHMARKS.md section 2), row norms as
   float64, recomputed from the rounded features so the relation loss sees one
   consistent teacher. The files are allocated in full when the cache is
   created, so a disk too small for them fails there, with one line, and not
@@ -62,6 +62,10 @@ class DrawCache:
     def _dtype(name: str) -> np.dtype:
         return np.dtype(np.float64 if name.startswith("sq_norms.") else np.float16)
 
+    def _file_size(self, name: str, shape) -> int:
+        """Bytes of the file holding tensor ``name`` of per-slot ``shape`` for every slot."""
+        return self.n_slots * math.prod(shape) * self._dtype(name).itemsize
+
     def _meta(self, shapes: dict[str, tuple[int, ...]]) -> dict:
         return {"n_slots": self.n_slots, "tensors": {k: [self._dtype(k).name, list(s)] for k, s in shapes.items()}}
 
@@ -70,13 +74,12 @@ class DrawCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         for old in self.folder.glob("*.bin"):
             old.unlink()
-        need = sum(self.n_slots * math.prod(s) * self._dtype(k).itemsize for k, s in shapes.items())
+        need = sum(self._file_size(k, s) for k, s in shapes.items())
         try:
             for k, s in shapes.items():
                 path = self.folder / f"{k}.bin"
-                size = self.n_slots * math.prod(s) * self._dtype(k).itemsize
                 with open(path, "wb") as f:
-                    os.posix_fallocate(f.fileno(), 0, size)
+                    os.posix_fallocate(f.fileno(), 0, self._file_size(k, s))
                 self.arrays[k] = np.memmap(path, dtype=self._dtype(k), mode="r+", shape=(self.n_slots, *s))
             (self.folder / META).write_text(json.dumps(self._meta(shapes)))
         except OSError as e:
@@ -96,8 +99,7 @@ class DrawCache:
             arrays = {}
             for k, (dtype, shape) in meta["tensors"].items():
                 path = self.folder / f"{k}.bin"
-                if dtype != self._dtype(k).name or path.stat().st_size != self.n_slots * math.prod(shape) * \
-                        self._dtype(k).itemsize:
+                if dtype != self._dtype(k).name or path.stat().st_size != self._file_size(k, shape):
                     return False
                 arrays[k] = np.memmap(path, dtype=self._dtype(k), mode="r+", shape=(self.n_slots, *shape))
         except (OSError, ValueError, KeyError, TypeError):

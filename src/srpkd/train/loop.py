@@ -167,10 +167,9 @@ class Trainer:
         # the smallest input each network takes: the generators see the images, the discriminators their outputs
         roles = [("the student", self.G)] + [("the teacher", m) for m in nets[1:]]
         roles += [("the discriminator", d.D) for d in self.task.directions if getattr(d, "D", None) is not None]
-        smallest = max(min_input_size(m) for _, m in roles)
-        needs = next(f"{role} {describe(m)}" for role, m in roles if min_input_size(m) == smallest)
-        check_train_sizes(self.train_set, self.cfg.optim.batch_size, multiple, arch, (smallest, needs))
-        minimum = (smallest, needs)
+        smallest, role, net = max(((min_input_size(m), role, m) for role, m in roles), key=lambda r: r[0])
+        minimum = (smallest, f"{role} {describe(net)}")
+        check_train_sizes(self.train_set, self.cfg.optim.batch_size, multiple, arch, minimum)
         val = (eval_batch(self.val_set, self.cfg.eval_images, multiple, arch, minimum)
                if self.val_set is not None else None)
         return eval_batch(self.eval_set, self.cfg.eval_images, multiple, arch, minimum), val
