@@ -103,6 +103,7 @@ def test_instance_norm_exports_as_instance_normalization(exported):
         ops = {n.op_type for n in proto.graph.node}
         assert "InstanceNormalization" in ops and "Pad" in ops and "ConvTranspose" in ops
         assert "Reshape" not in ops  # not the training path's group norm (models.base.InstanceNorm2d)
+        assert "Concat" not in ops  # nor the training path's reflection pad from slices (models.base.ReflectionPad2d)
 
 
 def test_static_export_has_fixed_shape(tmp_path, capsys):

@@ -6,7 +6,7 @@ import torch
 from srpkd import SrpkdError, create_discriminator, create_generator, list_models, load_generator, save_generator
 from srpkd.cli.main import main
 from srpkd.models import count_macs, count_params, norm_layer
-from srpkd.models.base import InstanceNorm2d
+from srpkd.models.base import InstanceNorm2d, ReflectionPad2d
 
 GENERATORS = [
     "resnet_9blocks", "resnet_6blocks", "skip_resnet_9blocks", "mobile_resnet_9blocks", "unet_128", "unet_256"
@@ -117,6 +117,29 @@ def test_instance_norm_fast_path_equals_torch_instance_norm(affine, channels_las
         torch.testing.assert_close(fast.bias.grad, ref.bias.grad, rtol=1e-5, atol=1e-5)
     assert list(fast.state_dict()) == list(ref.state_dict())
     assert isinstance(norm_layer("instance", 4), InstanceNorm2d)
+
+
+@pytest.mark.parametrize("padding", [1, 3, (0, 2, 1, 0), (2, 1, 3, 2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_reflection_pad_from_slices_equals_torch_reflection_pad(padding, dtype):
+    """While autograd records: the same values bit for bit, and the same gradients (sums of two or four terms)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 7, 6).to(dtype)
+    fast, ref = ReflectionPad2d(padding), torch.nn.ReflectionPad2d(padding)
+    xs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+    outs = [m(xi) for m, xi in zip((fast, ref), xs)]
+    assert outs[0].grad_fn.name() == "CatBackward0" and outs[1].grad_fn.name() == "ReflectionPad2DBackward0"
+    assert torch.equal(outs[0], outs[1])
+    g = torch.randn(outs[1].shape).to(dtype)
+    for o in outs:
+        o.backward(g)
+    torch.testing.assert_close(xs[0].grad.float(), xs[1].grad.float(), rtol=0, atol=0.05 if dtype == torch.bfloat16
+                               else 1e-6)
+    with torch.no_grad():  # inference: torch's own pad
+        assert torch.equal(fast(x), ref(x))
+    with pytest.raises(RuntimeError, match="Padding size should be less than"):
+        fast(torch.randn(1, 1, 2, 2, requires_grad=True) if max(fast.padding) >= 2 else torch.randn(1, 1, 1, 1,
+                                                                                                       requires_grad=True))
 
 
 def test_mobile_uses_depthwise_convolutions():

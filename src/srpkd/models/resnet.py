@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .base import Generator, norm_layer, uses_bias
+from .base import Generator, ReflectionPad2d, norm_layer, uses_bias
 from .registry import register
 
 
@@ -39,10 +39,10 @@ class ResnetBlock(nn.Module):
         def conv():
             return SeparableConv2d(dim, dim, norm, bias) if separable else nn.Conv2d(dim, dim, 3, bias=bias)
 
-        layers = [nn.ReflectionPad2d(1), conv(), norm_layer(norm, dim), nn.ReLU(True)]
+        layers = [ReflectionPad2d(1), conv(), norm_layer(norm, dim), nn.ReLU(True)]
         if dropout:
             layers.append(nn.Dropout(dropout))
-        layers += [nn.ReflectionPad2d(1), conv(), norm_layer(norm, dim)]
+        layers += [ReflectionPad2d(1), conv(), norm_layer(norm, dim)]
         self.conv_block = nn.Sequential(*layers)
 
     def forward(self, x):
@@ -66,7 +66,7 @@ class ResnetGenerator(Generator):
         super().__init__()
         bias = uses_bias(norm)
         self.stem = nn.Sequential(
-            nn.ReflectionPad2d(3), nn.Conv2d(in_channels, ngf, 7, bias=bias), norm_layer(norm, ngf), nn.ReLU(True)
+            ReflectionPad2d(3), nn.Conv2d(in_channels, ngf, 7, bias=bias), norm_layer(norm, ngf), nn.ReLU(True)
         )
         self.down1 = nn.Sequential(
             nn.Conv2d(ngf, ngf * 2, 3, 2, 1, bias=bias), norm_layer(norm, ngf * 2), nn.ReLU(True)
@@ -85,7 +85,7 @@ class ResnetGenerator(Generator):
         )
         self.input_skip = input_skip
         head_in = ngf + (in_channels if input_skip else 0)
-        self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(head_in, out_channels, 7), nn.Tanh())
+        self.head = nn.Sequential(ReflectionPad2d(3), nn.Conv2d(head_in, out_channels, 7), nn.Tanh())
         self.tap_aliases = {"encoder": "down2", "body": f"block{n_blocks}"}  # body: the last residual block
         self.tap_channels = {"stem": ngf, "down1": ngf * 2, "down2": ngf * 4}
         self.tap_channels.update({f"block{i + 1}": ngf * 4 for i in range(n_blocks)})
