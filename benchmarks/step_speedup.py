@@ -18,8 +18,11 @@ Variants (``base``: the baseline commit; ``new``: this checkout):
 
 - ``base_random`` / ``new_random[_fast]``: random crops and flips, the teacher
   run every step; ``_fast``: bf16 autocast for teacher, student and
-  discriminator and the relation loss in float32 (``amp=bf16
-  loss.srp_precision=float32``), the others in float32 / float64 as before;
+  discriminator, the relation loss in float32 and the feature KD without
+  its adapted maps (``amp=bf16 loss.srp_precision=float32
+  loss.feat_method=factorized``), the others in float32 / float64 with the
+  direct feature KD as before (every ``new`` variant has the reflection pad
+  from slices, whose values are the same bit for bit);
 - ``new_draws[_fast]``: the same data with ``cache_draws`` K: timed after the
   first K epochs, when every (draw, item) is cached; the steps of the first K
   epochs (teacher run and stored) are reported as ``fill_ms_per_step``;
@@ -52,8 +55,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = "1e9c55c"  # main before issue 14's speed-ups
 RANDOM = ["data.fixed_crops=false", "data.flip=true"]
-FAST = ["amp=bf16", "loss.srp_precision=float32"]  # the numeric shortcuts (bf16 autocast, float32 relation loss)
-EXACT = ["amp=none", "loss.srp_precision=float64"]  # the reference numerics (the main preset uses FAST's where it can)
+# the numeric shortcuts: bf16 autocast, float32 relation loss, feature KD without the adapted maps
+FAST = ["amp=bf16", "loss.srp_precision=float32", "loss.feat_method=factorized"]
+EXACT = ["amp=none", "loss.srp_precision=float64", "loss.feat_method=direct"]  # the reference numerics
 VARIANTS = {  # name: (source, settings)
     "base_random": ("base", RANDOM + ["cache_teacher=false"]),
     "new_random": ("new", RANDOM + ["cache_teacher=false"] + EXACT),

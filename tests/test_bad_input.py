@@ -1062,6 +1062,13 @@ def _(t):
                 absent=[t / "runs" / "r"])
 
 
+@row("distill_feat_method_unknown")
+def _(t):
+    distill_world(t)
+    return Case(distill(t, "--set", "loss.feat_method=fused"), ["loss.feat_method", "factorized"],
+                absent=[t / "runs" / "r"])
+
+
 @row("distill_size_4")
 def _(t):
     distill_world(t)

@@ -63,6 +63,33 @@ def test_kd_terms_resolve_taps_by_name_and_adapt_widths():
     assert kd.adapters["encoder"].weight.grad is not None
 
 
+def test_factorized_feature_kd_gives_the_direct_losses_and_gradients_on_real_networks():
+    """loss.feat_method: the same weighted term and the same gradients on student and adapters (float32 rounding)."""
+    torch.manual_seed(0)
+    t = create_generator("resnet_6blocks", ngf=8).eval()
+    x = torch.randn(2, 3, 32, 32)
+    taps = ["encoder", "body", "up1", "up2"]
+    with torch.no_grad():
+        to, tf = t(x, taps=taps)
+    got = {}
+    for method in ("direct", "factorized"):
+        torch.manual_seed(1)  # same student and adapters for both
+        s = create_generator("resnet_9blocks", ngf=4)
+        kd = KDTerms(load_config("main", ["loss.srp=0", f"loss.feat_method={method}",
+                                          f"loss.feat_taps=[{', '.join(taps)}]"]).loss, t, s)
+        so, sf = s(x, taps=taps)
+        losses = kd(so, sf, to, tf)
+        losses["feat"].backward()
+        params = [*s.named_parameters(), *kd.adapters.named_parameters()]
+        got[method] = (losses["feat"].detach(), {n: p.grad.clone() for n, p in params if p.grad is not None})
+    (ld, gd), (lf, gf) = got["direct"], got["factorized"]
+    torch.testing.assert_close(lf, ld, rtol=1e-5, atol=0)
+    assert gd.keys() == gf.keys() and len(gd) > 40
+    scale = max(g.abs().max().item() for g in gd.values())  # biases before an instance norm get ~0: noise only
+    for name in gd:
+        torch.testing.assert_close(gf[name], gd[name], rtol=1e-4, atol=1e-5 * scale, msg=name)
+
+
 def test_tap_mismatch_names_tap_and_shapes():
     cfg = load_config("main", ["loss.srp=1", "loss.feat=0"])
     t = create_generator("resnet_6blocks", ngf=8)

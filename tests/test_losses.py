@@ -16,6 +16,7 @@ from srpkd.losses import (
     ImagePool,
     attention_transfer_loss,
     feature_kd_loss,
+    feature_kd_loss_factorized,
     output_kd_loss,
     semantic_relation_loss,
     similarity_preserving_loss,
@@ -237,6 +238,77 @@ def test_feature_adapter_is_a_learned_1x1_conv_and_feature_kd_is_mse():
     assert adapter.weight.grad.abs().sum() > 0 and adapter.bias.grad.abs().sum() > 0
     with pytest.raises(SrpkdError, match="adapted student"):
         feature_kd_loss(fs, ft)
+
+
+def _adapter_value_and_grads(fn, fs, ft, adapter):
+    fs = fs.detach().requires_grad_()
+    adapter.zero_grad()
+    loss = fn(fs, ft, adapter)
+    loss.backward()
+    return loss.detach(), fs.grad, adapter.weight.grad.clone(), adapter.bias.grad.clone()
+
+
+def _direct(fs, ft, adapter):
+    return feature_kd_loss(adapter(fs), ft)
+
+
+def _factorized(fs, ft, adapter):
+    return feature_kd_loss_factorized(fs, ft, adapter.weight, adapter.bias)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 4, 5), (3, 16, 64, 8, 8), (1, 5, 2, 1, 7)])
+def test_factorized_feature_kd_equals_the_direct_form_in_value_and_gradients(shape):
+    b, c_s, c_t, h, w = shape
+    torch.manual_seed(0)
+    adapter = FeatureAdapter(c_s, c_t).double()
+    fs, ft = feats(b, c_s, h, w, 30, relu=True), feats(b, c_t, h, w, 31)
+    want = _adapter_value_and_grads(_direct, fs, ft, adapter)
+    got = _adapter_value_and_grads(_factorized, fs, ft, adapter)
+    for g, e in zip(got, want):  # float64: rounding only
+        assert_close(g, e, rtol=1e-10, atol=1e-12)
+    # without a bias it is the bias-free adapter's loss
+    no_bias = feature_kd_loss_factorized(fs, ft, adapter.weight)
+    assert_close(no_bias, ((adapter(fs) - adapter.bias[:, None, None] - ft) ** 2).mean(), rtol=1e-10)
+
+
+def test_factorized_feature_kd_in_float32_and_near_convergence():
+    """The documented float32 tolerance: 1e-6 relative at a typical loss, 1e-5 at 1e-2 of the teacher's mean square."""
+    torch.manual_seed(1)
+    adapter = FeatureAdapter(16, 64)
+    fs = feats(4, 16, 32, 32, 32, torch.float32, relu=True)
+    for noise, level, rtol in ((1.0, (0.5, 1.0), 1e-5), (0.04, (3e-3, 3e-2), 2e-4)):
+        with torch.no_grad():
+            ft = adapter(fs) + noise * feats(4, 64, 32, 32, 33, torch.float32)
+        ad64 = FeatureAdapter(16, 64).double()
+        ad64.load_state_dict({k: v.double() for k, v in adapter.state_dict().items()})
+        ref = _adapter_value_and_grads(_direct, fs.double(), ft.double(), ad64)
+        got = _adapter_value_and_grads(_factorized, fs, ft, adapter)
+        assert level[0] < (ref[0] / ft.double().square().mean()).item() < level[1]  # loss / teacher's mean square
+        assert_close(got[0].double(), ref[0], rtol=rtol)
+        for g, e in zip(got[1:], ref[1:]):
+            assert_close(g.double(), e, rtol=rtol, atol=rtol * e.abs().max().item())
+
+
+def test_factorized_feature_kd_under_bf16_autocast_computes_in_float32():
+    torch.manual_seed(2)
+    adapter = FeatureAdapter(4, 8)
+    fs = torch.randn(2, 4, 6, 6).bfloat16()
+    ft = torch.randn(2, 8, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = feature_kd_loss_factorized(fs, ft, adapter.weight, adapter.bias)
+    assert loss.dtype == torch.float32
+    assert_close(loss, feature_kd_loss(adapter(fs.float()), ft), rtol=1e-5)
+
+
+@pytest.mark.parametrize("bad", ["student_channels", "teacher_channels", "spatial", "batch", "kernel"])
+def test_factorized_feature_kd_names_mismatched_shapes(bad):
+    fs, ft, w = torch.zeros(2, 4, 5, 5), torch.zeros(2, 8, 5, 5), torch.zeros(8, 4, 1, 1)
+    fs = {"student_channels": torch.zeros(2, 3, 5, 5), "spatial": torch.zeros(2, 4, 5, 6),
+          "batch": torch.zeros(1, 4, 5, 5)}.get(bad, fs)
+    ft = torch.zeros(2, 7, 5, 5) if bad == "teacher_channels" else ft
+    w = torch.zeros(8, 4, 3, 3) if bad == "kernel" else w
+    with pytest.raises(SrpkdError, match="do not match"):
+        feature_kd_loss_factorized(fs, ft, w)
 
 
 def test_similarity_preserving_matches_loops():

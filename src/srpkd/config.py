@@ -103,6 +103,7 @@ class LossConfig:
     srp_both: bool = True  # unpaired: relation loss on both generators (False: on G_A only; KD stays on both)
     feat: float = 0.0  # FitNets-style feature KD through a learned 1x1 adapter
     feat_taps: list[str] = field(default_factory=lambda: ["encoder"])
+    feat_method: str = "direct"  # direct | factorized (same loss without the adapted map; srpkd.losses.kd)
     sp: float = 0.0  # similarity-preserving KD (Tung & Mori 2019)
     sp_taps: list[str] = field(default_factory=lambda: ["encoder"])
     at: float = 0.0  # attention transfer (Zagoruyko & Komodakis 2017)
@@ -386,6 +387,7 @@ def validate(cfg: Config) -> None:
          f"unknown device {short_repr(cfg.device)}")
     need(cfg.loss.srp_method in ("factorized", "dense"), "loss.srp_method must be factorized or dense")
     need(cfg.loss.srp_precision in ("float64", "float32"), "loss.srp_precision must be float64 or float32")
+    need(cfg.loss.feat_method in ("direct", "factorized"), "loss.feat_method must be direct or factorized")
     for name in ("gan", "l1", "cycle", "identity", "kd", "srp", "feat", "sp", "at"):
         need(getattr(cfg.loss, name) >= 0, f"loss.{name} must not be negative")
     for name in (

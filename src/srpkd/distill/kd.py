@@ -6,6 +6,7 @@ Terms (each off, and not computed, when its weight is 0):
 * ``srp``  the semantic relation loss on ``srp_taps`` (the paper's term);
 * ``feat`` FitNets feature KD: MSE(adapter(F_s), F_t), one learned 1x1 conv
   per tap in ``feat_taps`` (the adapters train with the student's optimizer);
+  ``feat_method: factorized`` computes the same loss without the adapted map;
 * ``sp``   similarity-preserving KD on ``sp_taps``;
 * ``at``   attention transfer on ``at_taps``.
 
@@ -53,6 +54,7 @@ class KDTerms(nn.Module):
         self.taps = {name: list(dict.fromkeys(getattr(loss_cfg, f"{name}_taps"))) for name in FEATURE_TERMS}
         self.srp_method = loss_cfg.srp_method
         self.srp_precision = loss_cfg.srp_precision
+        self.feat_method = loss_cfg.feat_method
         for name in FEATURE_TERMS:
             if self.weights[name] > 0 and not self.taps[name]:
                 raise SrpkdError(f"loss.{name} > 0 but loss.{name}_taps is empty")
@@ -132,7 +134,11 @@ class KDTerms(nn.Module):
                      for t in self.taps["srp"]]
             out["srp" + sfx] = self.weights["srp"] * sum(terms) / len(terms)
         if self.active("feat"):
-            terms = [L.feature_kd_loss(self.adapters[t](s_feats[t]), t_feats[t]) for t in self.taps["feat"]]
+            if self.feat_method == "factorized":
+                terms = [L.feature_kd_loss_factorized(s_feats[t], t_feats[t], self.adapters[t].weight,
+                                                      self.adapters[t].bias) for t in self.taps["feat"]]
+            else:
+                terms = [L.feature_kd_loss(self.adapters[t](s_feats[t]), t_feats[t]) for t in self.taps["feat"]]
             out["feat" + sfx] = self.weights["feat"] * sum(terms) / len(terms)
         if self.active("sp"):
             terms = [L.similarity_preserving_loss(t_feats[t], s_feats[t]) for t in self.taps["sp"]]

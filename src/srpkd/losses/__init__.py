@@ -5,6 +5,7 @@ from .kd import (
     attention_map,
     attention_transfer_loss,
     feature_kd_loss,
+    feature_kd_loss_factorized,
     output_kd_loss,
     similarity_preserving_loss,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "attention_map",
     "attention_transfer_loss",
     "feature_kd_loss",
+    "feature_kd_loss_factorized",
     "output_kd_loss",
     "semantic_relation_loss",
     "similarity_preserving_loss",
