@@ -148,7 +148,11 @@ stlpips = per_device(STLPIPS)
 
 
 @torch.no_grad()
-def perceptual_distance(a: torch.Tensor, b: torch.Tensor, model: STLPIPS | None = None) -> float:
-    """Mean ST-LPIPS over a batch of [-1, 1] image pairs (lower is better)."""
+def perceptual_distance(a: torch.Tensor, b: torch.Tensor, model: STLPIPS | None = None, chunk: int = 8) -> float:
+    """Mean ST-LPIPS over a batch of [-1, 1] image pairs (lower is better), ``chunk`` pairs at a time on the
+    model's device (the images may live elsewhere, e.g. on the CPU)."""
     model = model or stlpips(a.device)
-    return float(model(a.float(), b.float()).mean())
+    device = next(model.buffers()).device
+    d = [model(a[i : i + chunk].to(device).float(), b[i : i + chunk].to(device).float()).cpu()
+         for i in range(0, len(a), chunk)]
+    return float(torch.cat(d).mean())

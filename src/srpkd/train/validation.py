@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ..checkpoint import atomic_path
 from ..errors import SrpkdError
 from ..metrics.image import psnr
-from ..metrics.perceptual import stlpips
+from ..metrics.perceptual import perceptual_distance, stlpips
 from .tasks import Task
 
 log = logging.getLogger("srpkd.train")
@@ -97,15 +97,9 @@ class Validation:
             log.warning(f"srpkd: no ST-LPIPS at the end of the run: {e}")
             return {}
         s = self.translate(self.task.student.G, xa)
-
-        def distance(a: torch.Tensor) -> float:
-            d = self.task.device
-            return float(torch.cat([model(a[i : i + 8].to(d), t[i : i + 8].to(d)).cpu() for i in range(0, len(a), 8)])
-                         .mean())
-
-        out = {"st_lpips_to_teacher": distance(s)}
+        out = {"st_lpips_to_teacher": perceptual_distance(s, t, model)}
         if xa.shape == t.shape:
-            out["copy_st_lpips_to_teacher"] = distance(xa)
+            out["copy_st_lpips_to_teacher"] = perceptual_distance(xa, t, model)
         return {self.prefix + k: v for k, v in out.items()}
 
     def _targets(self) -> torch.Tensor | None:
