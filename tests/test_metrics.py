@@ -221,6 +221,17 @@ def test_stlpips_properties(lpips):
     assert d_shift.shape == (2,)
 
 
+def test_perceptual_distance_is_the_mean_over_chunks(lpips):
+    from srpkd.metrics.perceptual import perceptual_distance
+
+    torch.manual_seed(1)
+    a, b = torch.rand(5, 3, 40, 40) * 2 - 1, torch.rand(5, 3, 40, 40) * 2 - 1
+    with torch.no_grad():
+        want = lpips(a, b).mean().item()
+    for chunk in (1, 2, 5, 8):
+        assert perceptual_distance(a, b, lpips, chunk=chunk) == pytest.approx(want, rel=1e-5)
+
+
 def test_stlpips_weights_are_all_loaded(lpips):
     # every conv of the trunk and every linear head came from the file (none left at init values)
     assert all(float(m.weight.abs().sum()) > 0 for m in lpips.modules() if isinstance(m, torch.nn.Conv2d))
