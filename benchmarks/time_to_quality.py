@@ -9,8 +9,9 @@ TASK:
   teacher on the built-in photos, 128 px). Held out: the built-in test photos (coffee, chelsea,
   zidane); the best checkpoint is chosen on the val photos.
 * ``real_teacher``: the same teacher on 128 px squares of real photos from ``../shared/data``:
-  train on 192 facades_unpaired/trainA photos and 192 photo halves of edges2shoes_subset/train; held out:
-  facades_unpaired/testA, the photo halves of edges2shoes_subset/val and the 24 Kodak photos.
+  train on 192 facades_unpaired/trainA photos and 192 photo halves of edges2shoes_subset/train
+  (``--train-photos N``: N of each, at most 400); held out: facades_unpaired/testA, the photo halves
+  of edges2shoes_subset/val and the 24 Kodak photos.
   Students (``--students``): r16 / r32 (the paper's ResNet-9 ngf 16 / 32), m16 (mobile ngf 16),
   s16 (this project's skip_resnet_9blocks ngf 16).
 
@@ -29,6 +30,7 @@ line per run, the copy baseline drawn in).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -89,16 +91,17 @@ def log(msg: str) -> None:
     print(f"[ttq {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def prepare_real_teacher_data(out: Path, size: int) -> Path:
+def prepare_real_teacher_data(out: Path, size: int, per_source: int = 192) -> Path:
     """A CycleGAN-layout folder of real photos, each a centre square resized to ``size`` px (PNG).
 
-    trainA: the first 192 of facades_unpaired/trainA and the photo halves of the first 192
-    edges2shoes_subset/train pairs (the teacher cache of 4 feature taps takes ~8 MiB a photo);
+    trainA: the first ``per_source`` of facades_unpaired/trainA and the photo halves of the first
+    ``per_source`` edges2shoes_subset/train pairs (the teacher cache of 4 feature taps keeps ~8 MiB
+    a photo in memory at 128 px);
     valA (chooses the best checkpoint): the first 20 of facades_unpaired/testA and of
     edges2shoes_subset/val; testA (the figures): the rest of those and the 24 Kodak photos.
     The B folders link to the A ones (teacher_only reads only A; the layout needs B).
     """
-    root = out / f"data_{size}"
+    root = out / (f"data_{size}" if per_source == 192 else f"data_{size}_n{per_source}")
     if (root / ".done").is_file():
         return root
     for need in ("facades_unpaired", "edges2shoes_subset", "kodak"):
@@ -120,8 +123,13 @@ def prepare_real_teacher_data(out: Path, size: int) -> Path:
 
     facades_test = list_images(SHARED / "facades_unpaired" / "testA")
     shoes_test = list_images(SHARED / "edges2shoes_subset" / "val")
-    add("train", list_images(SHARED / "facades_unpaired" / "trainA")[:192], "facades")
-    add("train", list_images(SHARED / "edges2shoes_subset" / "train")[:192], "shoes", halves=True)
+    facades_train = list_images(SHARED / "facades_unpaired" / "trainA")
+    shoes_train = list_images(SHARED / "edges2shoes_subset" / "train")
+    if min(len(facades_train), len(shoes_train)) < per_source:
+        raise SystemExit(f"time_to_quality: --train-photos {per_source}: only {len(facades_train)} facades and "
+                         f"{len(shoes_train)} shoe training photos in {SHARED}")
+    add("train", facades_train[:per_source], "facades")
+    add("train", shoes_train[:per_source], "shoes", halves=True)
     add("val", facades_test[:20], "facades")
     add("val", shoes_test[:20], "shoes", halves=True)
     add("test", facades_test[20:], "facades")
@@ -133,10 +141,10 @@ def prepare_real_teacher_data(out: Path, size: int) -> Path:
     return root
 
 
-def task_overrides(task: str, out: Path, size: int) -> dict:
+def task_overrides(task: str, out: Path, size: int, per_source: int = 192) -> dict:
     if task == "main":
         return {}
-    data = prepare_real_teacher_data(out, size)
+    data = prepare_real_teacher_data(out, size, per_source)
     # the photos are already size x size: a deterministic preprocess, so the teacher cache is used
     return {"data.mode": "unaligned", "data.root": str(data), "data.preprocess": "none", "data.crop_size": size,
             "data.flip": False, "data.max_images": None, "data.serial": True, "data.val_split": "val",
@@ -183,7 +191,9 @@ def write_results(tdir: Path, rows: list[dict], meta: dict) -> None:
     (tdir / "results.json").write_text(json.dumps({"meta": meta, "runs": rows}, indent=1) + "\n")
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["recipe"], r["student"]), []).append(r)
+        photos = r.get("train_photos") or 384  # runs from before --train-photos used 192 + 192
+        student = r["student"] if meta["task"] == "main" or photos == 384 else f"{r['student']} ({photos} photos)"
+        groups.setdefault((r["recipe"], student), []).append(r)
     lines = [f"# Time to quality: {meta['task']}, {meta['time_s']:g} s per run", "",
              f"Machine: {meta['machine']}; {meta['threads']} thread(s) per run; {meta['command']}", "",
              "| recipe | student | seeds | PSNR to teacher (dB) | copy of input (dB) | ST-LPIPS to teacher "
@@ -222,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--time", type=float, default=None, help="seconds of run time (default: main 510, real 1800)")
     ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--train-photos", type=int, nargs="+", default=[192],
+                    help="real_teacher: training photos from each source (facades, shoes); at most 400")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("runs/ttq"))
     ap.add_argument("--quick", action="store_true", help="smoke test: tiny student, a few seconds per run")
@@ -231,29 +243,31 @@ def main(argv: list[str] | None = None) -> int:
     students = args.students or (["r16", "r32", "m16"] if args.task == "real_teacher" else ["preset"])
     tdir = args.out / args.task
     tdir.mkdir(parents=True, exist_ok=True)
-    base = task_overrides(args.task, tdir, args.size)
-    if args.quick:
-        base.update({"student.ngf": 4, "data.max_images": 8, "eval_images": 4, "eval_every": 5,
-                     "discriminator.ndf": 8, "data.crop_size": 32, "loss.feat_taps": ["encoder"]})
     rows = []
-    for recipe in args.recipes:
-        for student in students:
-            for seed in args.seeds:
-                run_dir = tdir / f"{recipe}_{student}_seed{seed}"
-                done = run_dir / "ttq.json"
-                if args.report_only and not done.is_file():
-                    continue
-                if not done.is_file():
-                    over = {**base, **STUDENTS.get(student, {}), **RECIPES[recipe], "seed": seed}
-                    run_one(run_dir, over, seconds, args.threads)
-                    records = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
-                    rec = {"recipe": recipe, "student": student, "seed": seed, **final_figures(run_dir),
-                           "curve": curve(run_dir), "steps": max(r["step"] for r in records)}
-                    done.write_text(json.dumps(rec) + "\n")
-                rec = json.loads(done.read_text())
-                log(f"{recipe} {student} seed {seed}: PSNR {rec['psnr']:.2f} dB (copy {rec['copy_psnr']:.2f}), "
-                    f"ST-LPIPS {rec['stlpips']:.4f} (copy {rec['copy_stlpips']:.4f}), {rec['steps']} steps")
-                rows.append(rec)
+    for per_source, recipe, student, seed in itertools.product(
+            args.train_photos if args.task == "real_teacher" else [None], args.recipes, students, args.seeds):
+        train_photos = 2 * per_source if per_source else None
+        tag = f"_n{per_source}" if per_source not in (None, 192) else ""
+        run_dir = tdir / f"{recipe}_{student}{tag}_seed{seed}"
+        done = run_dir / "ttq.json"
+        if args.report_only and not done.is_file():
+            continue
+        if not done.is_file():
+            base = task_overrides(args.task, tdir, args.size, per_source or 192)
+            if args.quick:
+                base.update({"student.ngf": 4, "data.max_images": 8, "eval_images": 4, "eval_every": 5,
+                             "discriminator.ndf": 8, "data.crop_size": 32, "loss.feat_taps": ["encoder"]})
+            over = {**base, **STUDENTS.get(student, {}), **RECIPES[recipe], "seed": seed}
+            run_one(run_dir, over, seconds, args.threads)
+            records = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
+            rec = {"recipe": recipe, "student": student, "seed": seed, "train_photos": train_photos,
+                   **final_figures(run_dir),
+                   "curve": curve(run_dir), "steps": max(r["step"] for r in records)}
+            done.write_text(json.dumps(rec) + "\n")
+        rec = json.loads(done.read_text())
+        log(f"{recipe} {student} seed {seed}: PSNR {rec['psnr']:.2f} dB (copy {rec['copy_psnr']:.2f}), "
+            f"ST-LPIPS {rec['stlpips']:.4f} (copy {rec['copy_stlpips']:.4f}), {rec['steps']} steps")
+        rows.append(rec)
     meta = {"task": args.task, "time_s": seconds, "threads": args.threads, "size": args.size,
             "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.platform()}, torch {torch.__version__}",
             "command": "python benchmarks/time_to_quality.py " + " ".join(argv if argv is not None else sys.argv[1:])}
