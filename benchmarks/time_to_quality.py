@@ -215,10 +215,14 @@ def write_results(tdir: Path, rows: list[dict], meta: dict) -> None:
     for i, ((recipe, student), rs) in enumerate(groups.items()):
         for j, r in enumerate(rs):
             xs, ys = zip(*r["curve"]) if r["curve"] else ((), ())
-            ax.plot(xs, ys, color=colors[i % len(colors)], alpha=0.8, marker=".",
-                    label=f"{recipe} {student}" if j == 0 else None)
+            val = r.get("curve_split") == "val"  # a run without the test curve: its curve is on the val photos
+            ax.plot(xs, ys, color=colors[i % len(colors)], alpha=0.8, marker=".", ls=":" if val else "-",
+                    label=(f"{recipe} {student}" + (" (curve on the val photos)" if val else "")) if j == 0 else None)
+            if val:
+                ax.plot([xs[-1]], [r["psnr"]], color=colors[i % len(colors)], marker="*", ms=10, ls="none",
+                        label=f"{recipe} {student}: final, test photos" if j == 0 else None)
     if rows:
-        ax.axhline(rows[0]["copy_psnr"], color="k", ls="--", label="copy of the input")
+        ax.axhline(rows[0]["copy_psnr"], color="k", ls="--", label="copy of the input (test photos)")
     ax.set_xlabel("wall minutes (teacher cache included)")
     ax.set_ylabel("PSNR to the teacher on held-out photos (dB)")
     ax.set_title(f"time to quality: {meta['task']}")
@@ -254,10 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     tdir = args.out / args.task
     tdir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for per_source, recipe, student, seed in itertools.product(
-            args.train_photos if args.task == "real_teacher" else [None], args.recipes, students, args.seeds):
+    curves = [False, True] if args.report_only else [args.no_test_curve]  # a report shows runs of both kinds
+    for per_source, recipe, student, seed, no_test_curve in itertools.product(
+            args.train_photos if args.task == "real_teacher" else [None], args.recipes, students, args.seeds, curves):
         train_photos = 2 * per_source if per_source else None
-        tag = (f"_n{per_source}" if per_source not in (None, 192) else "") + ("_valcurve" if args.no_test_curve else "")
+        tag = (f"_n{per_source}" if per_source not in (None, 192) else "") + ("_valcurve" if no_test_curve else "")
         run_dir = tdir / f"{recipe}_{student}{tag}_seed{seed}"
         done = run_dir / "ttq.json"
         if args.report_only and not done.is_file():
@@ -268,12 +273,12 @@ def main(argv: list[str] | None = None) -> int:
                 base.update({"student.ngf": 4, "data.max_images": 8, "eval_images": 4, "eval_every": 5,
                              "discriminator.ndf": 8, "data.crop_size": 32, "loss.feat_taps": ["encoder"]})
             over = {**base, **STUDENTS.get(student, {}), **RECIPES[recipe], "seed": seed}
-            run_one(run_dir, over, seconds, args.threads, test_curve=not args.no_test_curve)
+            run_one(run_dir, over, seconds, args.threads, test_curve=not no_test_curve)
             records = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
             rec = {"recipe": recipe, "student": student, "seed": seed, "train_photos": train_photos,
                    **final_figures(run_dir),
                    "steps": max(r["step"] for r in records)}
-            rec["curve_split"] = "val" if args.no_test_curve else "test"
+            rec["curve_split"] = "val" if no_test_curve else "test"
             rec["curve"] = curve(run_dir, rec["curve_split"])
             done.write_text(json.dumps(rec) + "\n")
         rec = json.loads(done.read_text())
