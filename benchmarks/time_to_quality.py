@@ -63,6 +63,7 @@ from srpkd.train.data import SeededDataset, eval_batch, run_dataset  # noqa: E40
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SRPKD_SHARED_DATA", ROOT.parent / "shared" / "data"))
+TRAIN_PHOTOS = 192  # real_teacher: training photos per source unless --train-photos says otherwise
 
 # Recipes, as --set overrides of the task's preset. "default" is the preset as shipped.
 RECIPES: dict[str, dict] = {
@@ -93,7 +94,7 @@ def log(msg: str) -> None:
     print(f"[ttq {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def prepare_real_teacher_data(out: Path, size: int, per_source: int = 192) -> Path:
+def prepare_real_teacher_data(out: Path, size: int, per_source: int = TRAIN_PHOTOS) -> Path:
     """A CycleGAN-layout folder of real photos, each a centre square resized to ``size`` px (PNG).
 
     trainA: the first ``per_source`` of facades_unpaired/trainA and the photo halves of the first
@@ -103,7 +104,7 @@ def prepare_real_teacher_data(out: Path, size: int, per_source: int = 192) -> Pa
     edges2shoes_subset/val; testA (the figures): the rest of those and the 24 Kodak photos.
     The B folders link to the A ones (teacher_only reads only A; the layout needs B).
     """
-    root = out / (f"data_{size}" if per_source == 192 else f"data_{size}_n{per_source}")
+    root = out / (f"data_{size}" if per_source == TRAIN_PHOTOS else f"data_{size}_n{per_source}")
     if (root / ".done").is_file():
         return root
     for need in ("facades_unpaired", "edges2shoes_subset", "kodak"):
@@ -143,7 +144,7 @@ def prepare_real_teacher_data(out: Path, size: int, per_source: int = 192) -> Pa
     return root
 
 
-def task_overrides(task: str, out: Path, size: int, per_source: int = 192) -> dict:
+def task_overrides(task: str, out: Path, size: int, per_source: int = TRAIN_PHOTOS) -> dict:
     if task == "main":
         return {}
     data = prepare_real_teacher_data(out, size, per_source)
@@ -195,8 +196,9 @@ def write_results(tdir: Path, rows: list[dict], meta: dict) -> None:
     (tdir / "results.json").write_text(json.dumps({"meta": meta, "runs": rows}, indent=1) + "\n")
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
-        photos = r.get("train_photos") or 384  # runs from before --train-photos used 192 + 192
-        student = r["student"] if meta["task"] == "main" or photos == 384 else f"{r['student']} ({photos} photos)"
+        photos = r.get("train_photos") or 2 * TRAIN_PHOTOS  # runs from before --train-photos used the default
+        default = meta["task"] == "main" or photos == 2 * TRAIN_PHOTOS
+        student = r["student"] if default else f"{r['student']} ({photos} photos)"
         if r.get("curve_split") == "val":
             student += ", no test curve"
         groups.setdefault((r["recipe"], student), []).append(r)
@@ -242,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--time", type=float, default=None, help="seconds of run time (default: main 510, real 1800)")
     ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--train-photos", type=int, nargs="+", default=[192],
+    ap.add_argument("--train-photos", type=int, nargs="+", default=[TRAIN_PHOTOS],
                     help="real_teacher: training photos from each source (facades, shoes); at most 400")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("runs/ttq"))
@@ -262,13 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     for per_source, recipe, student, seed, no_test_curve in itertools.product(
             args.train_photos if args.task == "real_teacher" else [None], args.recipes, students, args.seeds, curves):
         train_photos = 2 * per_source if per_source else None
-        tag = (f"_n{per_source}" if per_source not in (None, 192) else "") + ("_valcurve" if no_test_curve else "")
+        tag = f"_n{per_source}" if per_source not in (None, TRAIN_PHOTOS) else ""
+        tag += "_valcurve" if no_test_curve else ""
         run_dir = tdir / f"{recipe}_{student}{tag}_seed{seed}"
         done = run_dir / "ttq.json"
         if args.report_only and not done.is_file():
             continue
         if not done.is_file():
-            base = task_overrides(args.task, tdir, args.size, per_source or 192)
+            base = task_overrides(args.task, tdir, args.size, per_source or TRAIN_PHOTOS)
             if args.quick:
                 base.update({"student.ngf": 4, "data.max_images": 8, "eval_images": 4, "eval_every": 5,
                              "discriminator.ndf": 8, "data.crop_size": 32, "loss.feat_taps": ["encoder"]})
