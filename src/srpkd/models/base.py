@@ -35,11 +35,11 @@ class InstanceNorm2d(nn.InstanceNorm2d):
 class ReflectionPad2d(nn.ReflectionPad2d):
     """``nn.ReflectionPad2d`` whose backward pass is cheap when a gradient flows through it.
 
-    Torch's reflection-pad backward is a scalar loop on the CPU (in bf16, 1.08 ms
+    Torch's reflection-pad backward is a scalar loop on the CPU (in bf16, 0.98 ms
     forward + backward for a 4 x 64 x 32 x 32 map, 1 thread; a student's residual
     blocks pad 18 of them a step). While autograd records, the same padding is built
     from flipped slices and a concatenation: the same values bit for bit, and a
-    backward made of copies and one add per reflected border (0.62 ms; BENCHMARKS.md
+    backward made of copies and one add per reflected border (0.57 ms; BENCHMARKS.md
     section 2.1). Otherwise (inference, the frozen teacher, an ONNX export: one Pad
     node) it is torch's own pad.
     """
