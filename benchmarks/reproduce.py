@@ -1,6 +1,6 @@
 """Reproduce the paper's comparison: every KD variant, same budget, several seeds, one table.
 
-    python benchmarks/reproduce.py TASK [--seeds 0 1 2] [--variants ...] [--students ...]
+    python benchmarks/reproduce.py TASK [--recipe pix2pix|main] [--seeds 0 1 2] [--variants ...] [--students ...]
         [--datasets ...] [--steps N] [--size S] [--batch B] [--train-images N] [--test-images N]
         [--teacher-steps N] [--quick] [--out runs/bench]
 
@@ -37,7 +37,19 @@ at         output KD + attention transfer (Zagoruyko & Komodakis) at the encoder
 kd_srp_one unpaired only: kd on both generators, relation loss on G_A only (loss.srp_both=false)
 =========  =====================================================================
 
-Loss weights: ``kd`` 10 (the presets'). Every other term's weight makes the norm of its
+Recipes (``--recipe``):
+
+* ``pix2pix`` (default): the GAN recipe of pytorch-CycleGAN-and-pix2pix (Adam 2e-4, beta1 0.5, linear
+  decay over the second half, the GAN term throughout), every KD tap at the encoder, ``WEIGHTS``.
+* ``main`` (real_teacher only): the recipe of the ``main`` preset (issue 13): Adam 1e-3 / beta1 0.9,
+  warm-up and cosine decay, the GAN term from half-way (``scratch``: from the start), bf16 where the CPU
+  has it, the best checkpoint chosen on 40 val photos; feature KD at four taps (encoder, body, up1, up2),
+  ``MAIN_WEIGHTS``. Data: 128 px centre squares of the real photos, 192 facades + 192 shoes to train
+  (``--train-images``), held out: the rest of facades testA and edges2shoes val and the 24 Kodak photos
+  (``benchmarks/real_photos.py``, the same photos as ``time_to_quality.py real_teacher``). ``--calibrate``
+  prints the gradient norms that set the weights of ``sp`` and ``at`` and starts no run.
+
+Loss weights (``pix2pix``): ``kd`` 10 (the presets'). Every other term's weight makes the norm of its
 gradient on the student's parameters about equal to the output-KD term's (kd 10) at
 initialisation: measured once on the vintagify teacher, 4 facade photos at 96 px,
 ResNet-9 ngf 16 student at N(0, 0.02) init (|g_kd| 1.59, |g_srp| 2.8e-3, |g_feat| 0.51,
@@ -64,6 +76,7 @@ seeds), ``OUT/TASK/report_<dataset>_<student>_seed<S>.html`` (variants side by s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -79,9 +92,25 @@ from pathlib import Path
 # on a shared CPU, spin-waiting OpenMP threads make every small op slow (benchmarks/relation_loss.py)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-SHARED = Path(os.environ.get("SRPKD_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+import torch  # noqa: E402
+from real_photos import SHARED, TRAIN_PHOTOS, data_overrides  # noqa: E402
+from real_photos import prepare_real_teacher_data as prepare_photo_squares  # noqa: E402
+
+from srpkd.assets import resolve_teacher  # noqa: E402
+from srpkd.config import load_config  # noqa: E402
+from srpkd.distill.kd import KDTerms  # noqa: E402
+from srpkd.models import create_generator, init_weights  # noqa: E402
+from srpkd.train.data import SeededDataset, run_dataset  # noqa: E402
 
 WEIGHTS = {"kd": 10.0, "srp": 5600.0, "feat": 30.0, "sp": 750.0, "at": 1700.0}
+# --recipe main: the main preset's weights and taps for its own terms (srp 8000, feat 10 at four taps;
+# src/srpkd/configs/main.yaml); sp and at by this benchmark's rule, measured at 128 px on the r16 student with
+# `python benchmarks/reproduce.py real_teacher --recipe main --calibrate --students r16` (3 inits x 3 batches of 4):
+# |g| at unit weight kd 1.58, srp 3.4e-3, feat 3.2, sp 0.175, at 9.3e-3 -> matched weights srp 4720, feat 4.9,
+# sp 91, at 1690
+MAIN_WEIGHTS = {"kd": 10.0, "srp": 8000.0, "feat": 10.0, "sp": 90.0, "at": 1700.0}
+MAIN_TAPS = {"srp": ["encoder"], "feat": ["encoder", "body", "up1", "up2"], "sp": ["encoder"], "at": ["encoder"]}
+RECIPES = ("pix2pix", "main")
 VARIANTS = {
     "scratch": {},
     "kd": {"kd": WEIGHTS["kd"]},
@@ -185,12 +214,65 @@ def budget_overrides(args, task: str) -> dict:
     return o
 
 
-def variant_overrides(name: str) -> dict:
+def variant_overrides(name: str, recipe: str = "pix2pix") -> dict:
+    """The loss settings of a variant. ``pix2pix``: the terms' WEIGHTS, every tap at the encoder.
+    ``main``: MAIN_WEIGHTS / MAIN_TAPS on top of the main preset, whose GAN term starts half-way; ``scratch``
+    (nothing but the GAN term) has it from the first step."""
     w = VARIANTS[name]
+    if recipe == "main":
+        o = {f"loss.{t}": MAIN_WEIGHTS[t] if t in w else 0.0 for t in ("kd", "srp", "feat", "sp", "at")}
+        o.update({f"loss.{t}_taps": taps for t, taps in MAIN_TAPS.items()})
+        o.update({"loss.gan": 1.0, "loss.gan_start": 0.0 if name == "scratch" else 0.5})
+        return o
     o = {f"loss.{t}": float(w.get(t, 0.0)) for t in ("kd", "srp", "feat", "sp", "at")}
     o.update({"loss.srp_taps": ["encoder"], "loss.feat_taps": ["encoder"], "loss.sp_taps": ["encoder"],
               "loss.at_taps": ["encoder"], "loss.srp_method": "factorized", "loss.srp_both": w.get("srp_both", True)})
     return o
+
+
+def main_recipe_overrides(args, root: Path) -> dict:
+    """--recipe main: the settings every run shares on top of the ``main`` preset (its optimiser, schedule,
+    numerics, discriminator and best-checkpoint choice on the val photos), with a step budget instead of a time."""
+    return {**data_overrides(root, args.size), "task": "teacher_only", "optim.steps": args.steps, "optim.epochs": 0,
+            "optim.time": 0.0, "optim.batch_size": args.batch, "time_limit": 0.0, "discriminator.ndf": args.ndf,
+            "log_every": 50, "ckpt_every": 500, "keep_last": 1, "threads": args.threads, "device": "cpu"}
+
+
+def calibrate(args, student: str, inits: int = 3, batches: int = 3) -> dict:
+    """Each KD term's gradient norm over the student's parameters at initialisation (unit weight, the main recipe's
+    taps), averaged over ``inits`` initialisations x ``batches`` training batches, and the weight that makes it equal
+    to output KD's at weight 10: the rule by which MAIN_WEIGHTS sets sp and at."""
+    root = prepare_photo_squares(Path(args.out) / "data", args.size, (args.train_images or 2 * TRAIN_PHOTOS) // 2)
+    o = {**data_overrides(root, args.size), **STUDENTS[student][0], "task": "teacher_only"}
+    cfg = load_config("main", [f"{k}={json.dumps(v)}" for k, v in o.items()])
+    data = SeededDataset(run_dataset(cfg, "train", train=True), cfg.seed)
+    step = max(len(data) // (batches * args.batch), 1)  # batches spread over both sources
+    teacher = resolve_teacher(cfg.teacher.checkpoint).eval()
+    terms = ("kd", "srp", "feat", "sp", "at")
+    all_taps = list(dict.fromkeys(t for taps in MAIN_TAPS.values() for t in taps))
+    xs = [torch.stack([data[(b * args.batch + i) * step]["A"] for i in range(args.batch)]) for b in range(batches)]
+    with torch.no_grad():
+        targets = [teacher(x, taps=all_taps) for x in xs]
+    norms: dict[str, list[float]] = {t: [] for t in terms}
+    for init in range(inits):
+        torch.manual_seed(init)
+        g = init_weights(create_generator(cfg.student.arch, ngf=cfg.student.ngf, norm=cfg.student.norm,
+                                          dropout=cfg.student.dropout, **cfg.student.kwargs)).train()
+        params = list(g.parameters())
+        for x, (t_out, t_feats) in zip(xs, targets):
+            for term in terms:
+                only = {t: (1.0 if t == term else 0.0) for t in terms}
+                kd = KDTerms(dataclasses.replace(cfg.loss, **only, **{f"{t}_taps": MAIN_TAPS[t] for t in MAIN_TAPS}),
+                             teacher, g)
+                s_out, s_feats = g(x, taps=all_taps)
+                loss = sum(kd(s_out, s_feats, t_out, t_feats).values())
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                norms[term].append(float(torch.sqrt(sum((gr.float() ** 2).sum() for gr in grads if gr is not None))))
+    mean = {t: statistics.fmean(v) for t, v in norms.items()}
+    return {"student": student, "size": args.size, "batch": args.batch, "inits": inits, "batches": batches,
+            "grad_norm_unit_weight": mean,
+            "matched_weight": {t: MAIN_WEIGHTS["kd"] * mean["kd"] / mean[t] for t in terms},
+            "command": "python benchmarks/reproduce.py " + " ".join(sys.argv[1:])}
 
 
 # ----------------------------------------------------------------------------- data
@@ -349,7 +431,7 @@ def memoised_eval():
 # ----------------------------------------------------------------------------- runs
 
 
-def train_run(command: str, run_dir: Path, overrides: dict, teacher: dict | None) -> float:
+def train_run(command: str, run_dir: Path, overrides: dict, teacher: dict | None, config: str = "default") -> float:
     """``srpkd train|distill`` into run_dir, resuming a stopped run; returns the wall time spent now."""
     t0 = time.time()
     if (run_dir / "student.safetensors").is_file():
@@ -361,7 +443,7 @@ def train_run(command: str, run_dir: Path, overrides: dict, teacher: dict | None
     else:
         if run_dir.exists():
             shutil.rmtree(run_dir)
-        argv += ["--config", "default", "--name", run_dir.name, "--out-dir", str(run_dir.parent)]
+        argv += ["--config", config, "--name", run_dir.name, "--out-dir", str(run_dir.parent)]
         o = dict(overrides)
         if teacher:
             o.update(teacher)
@@ -548,6 +630,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="+", help=f"default: every variant of the task ({', '.join(VARIANTS)})")
     p.add_argument("--students", nargs="+", help=f"subset of {', '.join(STUDENTS)} (default: the task's)")
     p.add_argument("--datasets", nargs="+", help="subset of the task's datasets (paired: facades edges2shoes)")
+    p.add_argument("--recipe", choices=RECIPES, default="pix2pix",
+                   help="pix2pix (default): Adam 2e-4 / beta1 0.5, linear decay, the GAN term throughout, every tap at "
+                        "the encoder; main (real_teacher only): the main preset's recipe (issue 13) on 128 px squares "
+                        "of the real photos, held out: their test photos and the 24 Kodak photos")
+    p.add_argument("--calibrate", action="store_true",
+                   help="print each term's gradient norm at initialisation (unit weight) and the weight that matches "
+                        "output KD's (kd 10); start no run")
     p.add_argument("--steps", type=int, default=2000, help="optimisation steps per student run (default 2000)")
     p.add_argument("--teacher-steps", type=int, default=4000, help="paired/unpaired: teacher steps (default 4000)")
     p.add_argument("--teacher-ngf", type=int, default=64,
@@ -555,7 +644,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=128, help="image size in px, train and test (default 128)")
     p.add_argument("--batch", type=int, default=4, help="batch size (default 4)")
     p.add_argument("--ndf", type=int, default=32, help="discriminator width, all runs (default 32)")
-    p.add_argument("--train-images", type=int, help="use at most N training images (real_teacher: default 200)")
+    p.add_argument("--train-images", type=int,
+                   help="use at most N training images (real_teacher: default 200; --recipe main: 2 x 192, half "
+                        "facades, half shoes)")
     p.add_argument("--test-images", type=int, help="score at most N held-out images (default: all; real_teacher: 100)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads per run (0: torch's default)")
     p.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
@@ -586,7 +677,18 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"unknown student {s!r}; choose from {', '.join(STUDENTS)}")
         if s == "u16" and args.size % 128:
             raise SystemExit("student u16 (unet_128) needs --size a multiple of 128")
-    if args.task == "real_teacher":
+    if args.recipe == "main" and args.task != "real_teacher":
+        raise SystemExit("--recipe main is for the real_teacher task (the main preset distils a pretrained teacher)")
+    if args.recipe == "main" and (args.train_images or 2 * TRAIN_PHOTOS) % 2:
+        raise SystemExit("--recipe main: --train-images must be even (half facades, half shoes)")
+    if args.calibrate:
+        if args.recipe != "main":
+            raise SystemExit("--calibrate measures the main recipe's terms: add --recipe main")
+        print(json.dumps(calibrate(args, students[0]), indent=1))
+        return 0
+    if args.task == "real_teacher" and args.recipe == "main":
+        args.train_images = args.train_images or 2 * TRAIN_PHOTOS
+    elif args.task == "real_teacher":
         args.train_images = args.train_images or 200
         args.test_images = args.test_images or 100
 
@@ -599,14 +701,22 @@ def main(argv: list[str] | None = None) -> int:
     teacher_dirs: dict[str, Path] = {}
     rows = []
     skipped = 0
-    budget = (f"{args.steps} steps, batch {args.batch}, Adam lr 2e-4 (beta1 0.5; linear decay over the last half), "
-              f"{args.size} px (resize, no crop, no flip), PatchGAN ndf {args.ndf}, LSGAN, "
-              f"{args.train_images or 'all'} training images, {args.test_images or 'all'} held-out images")
+    if args.recipe == "main":
+        budget = (f"{args.steps} steps, batch {args.batch}, the main preset's recipe (Adam 1e-3 / beta1 0.9, warm-up "
+                  f"and cosine decay; the GAN term from half-way, PatchGAN ndf {args.ndf}; bf16 where the CPU has it; "
+                  f"the best checkpoint on 40 val photos), {args.size} px squares, {args.train_images} training "
+                  f"photos, {args.test_images or 'all'} held-out photos (the test photos of both sources and Kodak)")
+    else:
+        budget = (f"{args.steps} steps, batch {args.batch}, Adam lr 2e-4 (beta1 0.5; linear decay over the last "
+                  f"half), {args.size} px (resize, no crop, no flip), PatchGAN ndf {args.ndf}, LSGAN, "
+                  f"{args.train_images or 'all'} training images, {args.test_images or 'all'} held-out images")
     stamp = {"steps": args.steps, "teacher_steps": args.teacher_steps, "size": args.size, "batch": args.batch,
              "ndf": args.ndf, "train_images": args.train_images, "test_images": args.test_images, "extra": args.extra,
              "weights": WEIGHTS}
     if args.teacher_ngf != 64:  # only when set, so folders made before the option stay valid
         stamp["teacher_ngf"] = args.teacher_ngf
+    if args.recipe != "pix2pix":  # likewise
+        stamp.update(recipe=args.recipe, weights=MAIN_WEIGHTS)
     stamp_file = tdir / "budget.json"
     if stamp_file.is_file() and json.loads(stamp_file.read_text()) != stamp:
         raise SystemExit(f"{tdir} holds runs of another budget ({stamp_file}); choose another --out to keep both")
@@ -615,7 +725,10 @@ def main(argv: list[str] | None = None) -> int:
 
     for ds in datasets:
         ds_over = dict(spec["datasets"][ds] or {})
-        if args.task == "real_teacher":
+        if args.recipe == "main":
+            root = prepare_photo_squares(out / "data", args.size, args.train_images // 2)
+            ds_over = {"data.root": str(root)}
+        elif args.task == "real_teacher":
             root = prepare_real_teacher_data(out, args.train_images, args.test_images)
             ds_over = {"data.root": str(root), "data.direction": "AtoB", "data.test_split": "test"}
         ddir = tdir / ds
@@ -631,10 +744,10 @@ def main(argv: list[str] | None = None) -> int:
                 per_seed = []
                 for seed in args.seeds:
                     run_dir = ddir / st / var / f"seed{seed}"
-                    o = budget_overrides(args, task)
+                    o = main_recipe_overrides(args, root) if args.recipe == "main" else budget_overrides(args, task)
                     o.update(ds_over)
                     o.update(s_over)
-                    o.update(variant_overrides(var))
+                    o.update(variant_overrides(var, args.recipe))
                     o["seed"] = seed
                     command = "train" if (var == "scratch" and task != "teacher_only") else "distill"
                     if (run_dir / "metrics.json").is_file():
@@ -650,7 +763,8 @@ def main(argv: list[str] | None = None) -> int:
                             extra[".".join(keys)] = value
                         with disk_cache.active():
                             teacher = teachers[t_key] if command == "distill" else None
-                            dt = train_run(command, run_dir, {**o, **extra}, teacher)
+                            dt = train_run(command, run_dir, {**o, **extra}, teacher,
+                                           config="main" if args.recipe == "main" else "default")
                         de = eval_run(run_dir, args.test_images)
                         log(f"done {run_dir}: train {dt:.0f} s, eval {de:.0f} s")
                     per_seed.append(json.loads((run_dir / "metrics.json").read_text()))
@@ -676,7 +790,7 @@ def main(argv: list[str] | None = None) -> int:
 
     meta = {
         "task": args.task, "seeds": args.seeds, "variants": variants, "students": students, "datasets": datasets,
-        "budget": budget, "weights": WEIGHTS,
+        "budget": budget, "recipe": args.recipe, "weights": MAIN_WEIGHTS if args.recipe == "main" else WEIGHTS,
         "command": "python benchmarks/reproduce.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU, "
                    f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="

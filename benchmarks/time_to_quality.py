@@ -50,20 +50,16 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+from real_photos import TRAIN_PHOTOS, data_overrides, prepare_real_teacher_data  # noqa: E402
 
 from srpkd.assets import resolve_teacher  # noqa: E402
 from srpkd.checkpoint import load_generator  # noqa: E402
 from srpkd.config import load_config  # noqa: E402
-from srpkd.data.images import list_images  # noqa: E402
 from srpkd.devices import cpu_name  # noqa: E402
 from srpkd.metrics.image import psnr  # noqa: E402
 from srpkd.metrics.perceptual import perceptual_distance  # noqa: E402
 from srpkd.train.data import SeededDataset, eval_batch, run_dataset  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SRPKD_SHARED_DATA", ROOT.parent / "shared" / "data"))
-TRAIN_PHOTOS = 192  # real_teacher: training photos per source unless --train-photos says otherwise
 
 # Recipes, as --set overrides of the task's preset. "default" is the preset as shipped.
 RECIPES: dict[str, dict] = {
@@ -94,64 +90,10 @@ def log(msg: str) -> None:
     print(f"[ttq {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def prepare_real_teacher_data(out: Path, size: int, per_source: int = TRAIN_PHOTOS) -> Path:
-    """A CycleGAN-layout folder of real photos, each a centre square resized to ``size`` px (PNG).
-
-    trainA: the first ``per_source`` of facades_unpaired/trainA and the photo halves of the first
-    ``per_source`` edges2shoes_subset/train pairs (the teacher cache of 4 feature taps keeps ~8 MiB
-    a photo in memory at 128 px);
-    valA (chooses the best checkpoint): the first 20 of facades_unpaired/testA and of
-    edges2shoes_subset/val; testA (the figures): the rest of those and the 24 Kodak photos.
-    The B folders link to the A ones (teacher_only reads only A; the layout needs B).
-    """
-    root = out / (f"data_{size}" if per_source == TRAIN_PHOTOS else f"data_{size}_n{per_source}")
-    if (root / ".done").is_file():
-        return root
-    for need in ("facades_unpaired", "edges2shoes_subset", "kodak"):
-        if not (SHARED / need).is_dir():
-            raise SystemExit(f"time_to_quality: {SHARED / need} not found (real_teacher needs ../shared/data)")
-    shutil.rmtree(root, ignore_errors=True)
-
-    def add(split: str, photos: list[Path], prefix: str, halves: bool = False) -> None:
-        d = root / f"{split}A"
-        d.mkdir(parents=True, exist_ok=True)
-        for p in photos:
-            img = Image.open(p).convert("RGB")
-            if halves:  # edges2shoes pairs: the photo is the left half
-                img = img.crop((0, 0, img.width // 2, img.height))
-            side = min(img.size)
-            left, top = (img.width - side) // 2, (img.height - side) // 2
-            img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
-            img.save(d / f"{prefix}_{p.stem}.png")
-
-    facades_test = list_images(SHARED / "facades_unpaired" / "testA")
-    shoes_test = list_images(SHARED / "edges2shoes_subset" / "val")
-    facades_train = list_images(SHARED / "facades_unpaired" / "trainA")
-    shoes_train = list_images(SHARED / "edges2shoes_subset" / "train")
-    if min(len(facades_train), len(shoes_train)) < per_source:
-        raise SystemExit(f"time_to_quality: --train-photos {per_source}: only {len(facades_train)} facades and "
-                         f"{len(shoes_train)} shoe training photos in {SHARED}")
-    add("train", facades_train[:per_source], "facades")
-    add("train", shoes_train[:per_source], "shoes", halves=True)
-    add("val", facades_test[:20], "facades")
-    add("val", shoes_test[:20], "shoes", halves=True)
-    add("test", facades_test[20:], "facades")
-    add("test", shoes_test[20:106], "shoes", halves=True)
-    add("test", list_images(SHARED / "kodak"), "kodak")
-    for split in ("train", "val", "test"):
-        (root / f"{split}B").symlink_to(f"{split}A")
-    (root / ".done").write_text("ok\n")
-    return root
-
-
 def task_overrides(task: str, out: Path, size: int, per_source: int = TRAIN_PHOTOS) -> dict:
     if task == "main":
         return {}
-    data = prepare_real_teacher_data(out, size, per_source)
-    # the photos are already size x size: a deterministic preprocess, so the teacher cache is used
-    return {"data.mode": "unaligned", "data.root": str(data), "data.preprocess": "none", "data.crop_size": size,
-            "data.flip": False, "data.max_images": None, "data.serial": True, "data.val_split": "val",
-            "eval_images": 200}
+    return data_overrides(prepare_real_teacher_data(out, size, per_source), size)
 
 
 def run_one(run_dir: Path, overrides: dict, seconds: float, threads: int, test_curve: bool = True) -> None:
@@ -279,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             run_one(run_dir, over, seconds, args.threads, test_curve=not no_test_curve)
             records = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
             rec = {"recipe": recipe, "student": student, "seed": seed, "train_photos": train_photos,
-                   **final_figures(run_dir),
+                   "threads": args.threads, **final_figures(run_dir),
                    "steps": max(r["step"] for r in records)}
             rec["curve_split"] = "val" if no_test_curve else "test"
             rec["curve"] = curve(run_dir, rec["curve_split"])

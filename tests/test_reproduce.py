@@ -18,6 +18,8 @@ SCRIPT = ROOT / "benchmarks" / "reproduce.py"
 
 
 def _load():
+    if str(ROOT / "benchmarks") not in sys.path:  # the scripts import their shared module (real_photos) by name
+        sys.path.insert(0, str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location("srpkd_bench_reproduce", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
@@ -44,6 +46,65 @@ def test_summary_and_ties():
         cfg = load_config("default", [f"{k}={json.dumps(v)}" for k, v in o.items()])
         on = {t for t in ("kd", "srp", "feat", "sp", "at") if getattr(cfg.loss, t) > 0}
         assert on == {t for t in reproduce.VARIANTS[name] if t != "srp_both"}
+
+
+def test_main_recipe_variants():
+    # --recipe main: each variant is the main preset with only its terms on, at the preset's weights and taps;
+    # the GAN term joins half-way, except for scratch, which has nothing else to learn from
+    from srpkd.config import load_config
+
+    for name in reproduce.BASE_VARIANTS:
+        o = {**reproduce.variant_overrides(name, "main"), "optim.steps": 10, "optim.time": 0.0}
+        cfg = load_config("main", [f"{k}={json.dumps(v)}" for k, v in o.items()])
+        on = {t for t in ("kd", "srp", "feat", "sp", "at") if getattr(cfg.loss, t) > 0}
+        assert on == set(reproduce.VARIANTS[name])
+        assert {t: getattr(cfg.loss, t) for t in on} == {t: reproduce.MAIN_WEIGHTS[t] for t in on}
+        assert cfg.loss.gan == 1.0 and cfg.loss.gan_start == (0.0 if name == "scratch" else 0.5)
+        assert cfg.optim.lr == 1e-3 and cfg.optim.beta1 == 0.9 and cfg.optim.schedule == "cosine"
+    preset = load_config("main")
+    feat_srp = load_config("main", [f"{k}={json.dumps(v)}" for k, v in reproduce.variant_overrides("feat_srp",
+                                                                                                   "main").items()])
+    assert feat_srp.loss == preset.loss  # the shipped recipe is the feat_srp variant
+    with pytest.raises(SystemExit, match="real_teacher"):
+        reproduce.main(["paired", "--recipe", "main"])
+
+
+@needs_data
+def test_calibrate_measures_every_term(tmp_path, capsys):
+    argv = ["real_teacher", "--recipe", "main", "--calibrate", "--students", "r16", "--size", "32", "--batch", "2",
+            "--train-images", "8", "--out", str(tmp_path)]
+    assert reproduce.main(argv) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert set(r["grad_norm_unit_weight"]) == {"kd", "srp", "feat", "sp", "at"}
+    for t, g in r["grad_norm_unit_weight"].items():
+        assert 0 < g < 1e3, (t, g)
+        # the matched weight makes the weighted term's gradient norm equal to output KD's at weight 10
+        assert r["matched_weight"][t] * g == pytest.approx(10 * r["grad_norm_unit_weight"]["kd"])
+    assert r["matched_weight"]["kd"] == pytest.approx(10.0)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@needs_data
+def test_quick_main_recipe_end_to_end(tmp_path):
+    out = tmp_path / "bench"
+    argv = ["real_teacher", "--recipe", "main", "--quick", "--seeds", "0", "--variants", "kd", "feat_srp",
+            "--threads", "1", "--out", str(out)]
+    assert reproduce.main(argv) == 0
+    tdir = out / "real_teacher"
+    res = json.loads((tdir / "results.json").read_text())
+    assert res["meta"]["recipe"] == "main" and res["meta"]["weights"] == reproduce.MAIN_WEIGHTS
+    assert [r["variant"] for r in res["rows"]] == ["kd", "feat_srp"]
+    run = Path(res["rows"][1]["runs"][0])
+    cfg = (run / "config.yaml").read_text()
+    assert "beta1: 0.9" in cfg and "val_split: val" in cfg and "- up2" in cfg
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["directions"][m["primary"]]["fidelity"]["psnr"] > 0
+    assert json.loads((tdir / "budget.json").read_text())["recipe"] == "main"
+    assert "main preset's recipe" in (tdir / "results.md").read_text()
+    # the same folder refuses the other recipe instead of mixing the two
+    with pytest.raises(SystemExit, match="another budget"):
+        reproduce.main([a for a in argv if a not in ("--recipe", "main")])
 
 
 @pytest.mark.slow
