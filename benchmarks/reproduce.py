@@ -93,13 +93,21 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+from PIL import Image  # noqa: E402
 from real_photos import SHARED, TRAIN_PHOTOS, data_overrides  # noqa: E402
 from real_photos import prepare_real_teacher_data as prepare_photo_squares  # noqa: E402
 
-from srpkd.assets import resolve_teacher  # noqa: E402
-from srpkd.config import load_config  # noqa: E402
+import srpkd.assets as assets  # noqa: E402  (memoised_eval swaps assets.resolve_teacher)
+from srpkd.cli.main import main as srpkd_main  # noqa: E402
+from srpkd.config import load_config, parse_override  # noqa: E402
+from srpkd.data.images import list_images  # noqa: E402
 from srpkd.distill.kd import KDTerms  # noqa: E402
+from srpkd.distill.teacher import Teacher  # noqa: E402
+from srpkd.files import write_json  # noqa: E402
+from srpkd.metrics.evaluate import Scorer, evaluate_generator  # noqa: E402
 from srpkd.models import create_generator, init_weights  # noqa: E402
+from srpkd.report import write_comparison, write_report  # noqa: E402
 from srpkd.train.data import SeededDataset, run_dataset  # noqa: E402
 
 WEIGHTS = {"kd": 10.0, "srp": 5600.0, "feat": 30.0, "sp": 750.0, "at": 1700.0}
@@ -177,9 +185,7 @@ def log(msg: str) -> None:
 
 def cli(argv: list[str]) -> None:
     """Run one ``srpkd`` command in this process; a non-zero status stops the benchmark."""
-    from srpkd.cli.main import main
-
-    rc = main(argv)
+    rc = srpkd_main(argv)
     if rc != 0:
         raise SystemExit(f"srpkd {' '.join(argv[:2])} ... failed with status {rc}")
 
@@ -247,7 +253,7 @@ def calibrate(args, student: str, inits: int = 3, batches: int = 3) -> dict:
     cfg = load_config("main", [f"{k}={json.dumps(v)}" for k, v in o.items()])
     data = SeededDataset(run_dataset(cfg, "train", train=True), cfg.seed)
     step = max(len(data) // (batches * args.batch), 1)  # batches spread over both sources
-    teacher = resolve_teacher(cfg.teacher.checkpoint).eval()
+    teacher = assets.resolve_teacher(cfg.teacher.checkpoint).eval()
     terms = ("kd", "srp", "feat", "sp", "at")
     all_taps = list(dict.fromkeys(t for taps in MAIN_TAPS.values() for t in taps))
     xs = [torch.stack([data[(b * args.batch + i) * step]["A"] for i in range(args.batch)]) for b in range(batches)]
@@ -285,10 +291,6 @@ def prepare_real_teacher_data(out: Path, n_train: int, n_test: int) -> Path:
     first n_train/2 of edges2shoes_subset/train (saved as PNG); testA likewise from testA / val.
     trainB and testB link to trainA and testA (teacher_only reads only A; the layout needs B).
     """
-    from PIL import Image
-
-    from srpkd.data.images import list_images
-
     root = out / "data" / f"real_teacher_{n_train}_{n_test}"
     done = root / ".done"
     if done.is_file():
@@ -330,14 +332,10 @@ class DiskTeacherCache:
 
     @contextmanager
     def active(self):
-        from srpkd.distill.teacher import Teacher
-
         original = Teacher.build_cache
         cache = self
 
         def build_cache(teacher, dataset, chunk: int = 8, desc: str = "teacher cache"):
-            import torch
-
             # the key: the teacher's weights, what the cache holds (taps...), every input tensor in order
             h = hashlib.sha256()
             for p in teacher.model.state_dict().values():
@@ -386,11 +384,6 @@ def _tensor_key(x) -> str:
 @contextmanager
 def memoised_eval():
     """Inside: ``srpkd eval`` reuses teacher outputs and Inception features of batches it has seen."""
-    import torch.nn as nn
-
-    import srpkd.assets as assets
-    from srpkd.metrics.evaluate import Scorer
-
     class MemoTeacher(nn.Module):
         def __init__(self, inner):
             super().__init__()
@@ -461,8 +454,6 @@ def eval_run(run_dir: Path, test_images: int | None) -> float:
         argv += ["--max-images", str(test_images)]
     with memoised_eval():
         cli(argv)
-    from srpkd.report import write_report
-
     write_report(run_dir)  # again, now with metrics.json
     return time.time() - t0
 
@@ -523,8 +514,6 @@ def fmt(key: str, s: dict) -> str:
 
 
 def write_results(tdir: Path, spec: dict, rows: list[dict], teachers: dict, meta: dict) -> None:
-    from srpkd.files import write_json
-
     # ties: a variant's difference to kd (the reference) at most the larger seed std of the two
     by = {(r["dataset"], r["student"], r["variant"]): r for r in rows}
     for r in rows:
@@ -605,14 +594,7 @@ def identity_reference(tdir: Path, data_root: Path, size: int, test_images: int 
     path = tdir / "identity_metrics.json"
     if path.is_file():
         return json.loads(path.read_text())
-    import torch.nn as nn
-
-    from srpkd.files import write_json
-    from srpkd.metrics.evaluate import Scorer, evaluate_generator
-
     with memoised_eval():
-        import srpkd.assets as assets
-
         r = evaluate_generator(nn.Identity(), task="teacher_only", mode="unaligned", root=data_root, size=size,
                                teacher=assets.resolve_teacher("builtin:vintagify"), max_images=test_images,
                                scorer=Scorer(progress=False))
@@ -757,8 +739,6 @@ def main(argv: list[str] | None = None) -> int:
                         log(f"run {run_dir}: srpkd {command}")
                         extra = {}
                         for item in args.extra:
-                            from srpkd.config import parse_override
-
                             keys, value = parse_override(item)
                             extra[".".join(keys)] = value
                         with disk_cache.active():
@@ -773,8 +753,6 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"dataset": ds, "student": st, "variant": var, "metrics": metrics,
                              "runs": [str(ddir / st / var / f"seed{s}") for s in args.seeds]})
             # side-by-side report of the variants, first seed
-            from srpkd.report import write_comparison
-
             runs = [ddir / st / v / f"seed{args.seeds[0]}" for v in variants]
             write_comparison(runs, tdir / f"report_{ds}_{st}_seed{args.seeds[0]}.html")
 
@@ -786,8 +764,6 @@ def main(argv: list[str] | None = None) -> int:
                                      f"instead of translating scores FID {f['fid']:.2f}, KID {f['kid']:.4f}, "
                                      f"PSNR {f['psnr']:.2f} dB, ST-LPIPS {f.get('st_lpips') or float('nan'):.4f} "
                                      "against the teacher")
-    import torch
-
     meta = {
         "task": args.task, "seeds": args.seeds, "variants": variants, "students": students, "datasets": datasets,
         "budget": budget, "recipe": args.recipe, "weights": MAIN_WEIGHTS if args.recipe == "main" else WEIGHTS,
