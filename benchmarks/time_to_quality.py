@@ -128,10 +128,10 @@ def curve(run_dir: Path, split: str = "test") -> list[tuple[float, float]]:
     return [(r["time"] / 60, r[f"{split}/psnr_to_teacher"]) for r in recs if f"{split}/psnr_to_teacher" in r]
 
 
-def summarise(values: list[float]) -> str:
+def summarise(values: list[float], digits: int = 3) -> str:
     if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def write_results(tdir: Path, rows: list[dict], meta: dict) -> None:
@@ -152,7 +152,7 @@ def write_results(tdir: Path, rows: list[dict], meta: dict) -> None:
     for (recipe, student), rs in groups.items():
         lines.append(f"| {recipe} | {student} | {len(rs)} | {summarise([r['psnr'] for r in rs])} | "
                      f"{rs[0]['copy_psnr']:.3f} | {summarise([r['stlpips'] for r in rs])} | "
-                     f"{rs[0]['copy_stlpips']:.4f} | {summarise([r['steps'] for r in rs])} |")
+                     f"{rs[0]['copy_stlpips']:.4f} | {summarise([r['steps'] for r in rs], 0)} |")
     (tdir / "results.md").write_text("\n".join(lines) + "\n")
     fig, ax = plt.subplots(figsize=(8, 5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
