@@ -633,6 +633,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads per run (0: torch's default)")
     p.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config override for every student run, e.g. loss.srp=8000")
+    p.add_argument("--report-only", action="store_true",
+                   help="tabulate the finished runs of the given variants, students and seeds; start none (a run "
+                        "in progress elsewhere is left out)")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: 2 seeds, variants scratch kd kd_srp, one student, 2 steps, 32 px, 8/4 images")
     p.add_argument("--out", default="runs/bench", help="output folder (default runs/bench)")
@@ -717,13 +720,13 @@ def main(argv: list[str] | None = None) -> int:
         teachers = {}
         for st in students:
             s_over, t_key = STUDENTS[st]
-            if t_key not in teachers:
+            if t_key not in teachers and not args.report_only:
                 with disk_cache.active():
                     teachers[t_key] = teacher_for(args, task, ddir, ds_over, t_key)
-                if task != "teacher_only":
-                    teacher_dirs[f"{ds}/{t_key}"] = ddir / f"teacher_{t_key}"
+            if task != "teacher_only":
+                teacher_dirs[f"{ds}/{t_key}"] = ddir / f"teacher_{t_key}"
             for var in variants:
-                per_seed = []
+                per_seed, seeds_done = [], []
                 for seed in args.seeds:
                     run_dir = ddir / st / var / f"seed{seed}"
                     o = main_recipe_overrides(args, root) if args.recipe == "main" else budget_overrides(args, task)
@@ -735,6 +738,8 @@ def main(argv: list[str] | None = None) -> int:
                     if (run_dir / "metrics.json").is_file():
                         log(f"skip {run_dir} (metrics.json exists)")
                         skipped += 1
+                    elif args.report_only:
+                        continue
                     else:
                         log(f"run {run_dir}: srpkd {command}")
                         extra = {}
@@ -748,13 +753,18 @@ def main(argv: list[str] | None = None) -> int:
                         de = eval_run(run_dir, args.test_images)
                         log(f"done {run_dir}: train {dt:.0f} s, eval {de:.0f} s")
                     per_seed.append(json.loads((run_dir / "metrics.json").read_text()))
+                    seeds_done.append(seed)
+                if not per_seed:
+                    continue
                 metrics = {f"{sec}.{key}": summarise([get_metric(m, sec, key) for m in per_seed])
                            for sec, key in spec["metrics"]}
                 rows.append({"dataset": ds, "student": st, "variant": var, "metrics": metrics,
-                             "runs": [str(ddir / st / var / f"seed{s}") for s in args.seeds]})
+                             "runs": [str(ddir / st / var / f"seed{s}") for s in seeds_done]})
             # side-by-side report of the variants, first seed
             runs = [ddir / st / v / f"seed{args.seeds[0]}" for v in variants]
-            write_comparison(runs, tdir / f"report_{ds}_{st}_seed{args.seeds[0]}.html")
+            runs = [r for r in runs if (r / "metrics.json").is_file()]
+            if runs:
+                write_comparison(runs, tdir / f"report_{ds}_{st}_seed{args.seeds[0]}.html")
 
     tfig = teacher_figures(tdir, spec, teacher_dirs)
     if args.task == "real_teacher":

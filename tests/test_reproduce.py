@@ -86,7 +86,7 @@ def test_calibrate_measures_every_term(tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 @needs_data
-def test_quick_main_recipe_end_to_end(tmp_path):
+def test_quick_main_recipe_end_to_end(tmp_path, capsys):
     out = tmp_path / "bench"
     argv = ["real_teacher", "--recipe", "main", "--quick", "--seeds", "0", "--variants", "kd", "feat_srp",
             "--threads", "1", "--out", str(out)]
@@ -102,6 +102,14 @@ def test_quick_main_recipe_end_to_end(tmp_path):
     assert m["directions"][m["primary"]]["fidelity"]["psnr"] > 0
     assert json.loads((tdir / "budget.json").read_text())["recipe"] == "main"
     assert "main preset's recipe" in (tdir / "results.md").read_text()
+    # --report-only tabulates the finished runs and starts none: seed 1 and the at variant are left out
+    capsys.readouterr()
+    assert reproduce.main(argv[:4] + ["--seeds", "0", "1", "--variants", "kd", "at", "feat_srp", "--threads", "1",
+                                       "--out", str(out), "--report-only"]) == 0
+    assert "srpkd distill" not in capsys.readouterr().out
+    again = json.loads((tdir / "results.json").read_text())
+    assert [(r["variant"], len(r["runs"])) for r in again["rows"]] == [("kd", 1), ("feat_srp", 1)]
+    assert not (tdir / "photos" / "r16" / "at").exists()
     # the same folder refuses the other recipe instead of mixing the two
     with pytest.raises(SystemExit, match="another budget"):
         reproduce.main([a for a in argv if a not in ("--recipe", "main")])
