@@ -35,7 +35,7 @@ def prepare_real_teacher_data(out: Path, size: int, per_source: int = TRAIN_PHOT
         return root
     for need in NEEDS:
         if not (SHARED / need).is_dir():
-            raise SystemExit(f"time_to_quality: {SHARED / need} not found (real_teacher needs ../shared/data)")
+            raise SystemExit(f"real-teacher photos: {SHARED / need} not found (set SRPKD_SHARED_DATA)")
     shutil.rmtree(root, ignore_errors=True)
 
     def add(split: str, photos: list[Path], prefix: str, halves: bool = False) -> None:
@@ -55,8 +55,8 @@ def prepare_real_teacher_data(out: Path, size: int, per_source: int = TRAIN_PHOT
     facades_train = list_images(SHARED / "facades_unpaired" / "trainA")
     shoes_train = list_images(SHARED / "edges2shoes_subset" / "train")
     if min(len(facades_train), len(shoes_train)) < per_source:
-        raise SystemExit(f"time_to_quality: --train-photos {per_source}: only {len(facades_train)} facades and "
-                         f"{len(shoes_train)} shoe training photos in {SHARED}")
+        raise SystemExit(f"real-teacher photos: {per_source} training photos of each source asked for, but only "
+                         f"{len(facades_train)} facades and {len(shoes_train)} shoe training photos in {SHARED}")
     add("train", facades_train[:per_source], "facades")
     add("train", shoes_train[:per_source], "shoes", halves=True)
     add("val", facades_test[:20], "facades")

@@ -671,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("--calibrate measures the main recipe's terms: add --recipe main")
         print(json.dumps(calibrate(args, students[0]), indent=1))
         return 0
-    if args.task == "real_teacher" and args.recipe == "main":
+    if args.recipe == "main":  # real_teacher only (checked above)
         args.train_images = args.train_images or 2 * TRAIN_PHOTOS
     elif args.task == "real_teacher":
         args.train_images = args.train_images or 200
