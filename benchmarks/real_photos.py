@@ -29,13 +29,18 @@ def prepare_real_teacher_data(out: Path, size: int, per_source: int = TRAIN_PHOT
     valA (chooses the best checkpoint): the first 20 of facades_unpaired/testA and of
     edges2shoes_subset/val; testA (the figures): the rest of those and the 24 Kodak photos.
     The B folders link to the A ones (teacher_only reads only A; the layout needs B).
+
+    Safe for processes that share ``out`` (benchmarks/converged.sh starts two at once): each builds
+    the folder under a name of its own and renames it into place; the first rename wins, the others
+    discard theirs.
     """
-    root = out / (f"data_{size}" if per_source == TRAIN_PHOTOS else f"data_{size}_n{per_source}")
-    if (root / ".done").is_file():
-        return root
+    final = out / (f"data_{size}" if per_source == TRAIN_PHOTOS else f"data_{size}_n{per_source}")
+    if (final / ".done").is_file():
+        return final
     for need in NEEDS:
         if not (SHARED / need).is_dir():
             raise SystemExit(f"real-teacher photos: {SHARED / need} not found (set SRPKD_SHARED_DATA)")
+    root = out / f".{final.name}.{os.getpid()}.tmp"
     shutil.rmtree(root, ignore_errors=True)
 
     def add(split: str, photos: list[Path], prefix: str, halves: bool = False) -> None:
@@ -67,7 +72,15 @@ def prepare_real_teacher_data(out: Path, size: int, per_source: int = TRAIN_PHOT
     for split in ("train", "val", "test"):
         (root / f"{split}B").symlink_to(f"{split}A")
     (root / ".done").write_text("ok\n")
-    return root
+    if final.exists() and not (final / ".done").is_file():
+        shutil.rmtree(final, ignore_errors=True)  # left half-written by a process stopped before this rename
+    try:
+        root.rename(final)
+    except OSError:  # another process renamed its complete copy first
+        shutil.rmtree(root, ignore_errors=True)
+        if not (final / ".done").is_file():
+            raise
+    return final
 
 
 def data_overrides(root: Path, size: int) -> dict:
