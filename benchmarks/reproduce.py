@@ -602,6 +602,23 @@ def identity_reference(tdir: Path, data_root: Path, size: int, test_images: int 
     return r
 
 
+def restore_kept(kept: Path | None, run_dir: Path) -> None:
+    """A run kept by an earlier checkout (``--keep``) and absent here: its metrics.json, so it counts as finished."""
+    if kept is None or not kept.is_file() or (run_dir / "metrics.json").is_file():
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "metrics.json", json.loads(kept.read_text()))
+    log(f"restored {run_dir}/metrics.json from {kept}")
+
+
+def keep_finished(run_dir: Path, kept: Path | None) -> None:
+    """Copy a finished run's metrics.json to the ``--keep`` folder (atomically; never over an existing copy)."""
+    if kept is None or kept.is_file():
+        return
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    write_json(kept, json.loads((run_dir / "metrics.json").read_text()))
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -639,6 +656,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true",
                    help="smoke test: 2 seeds, variants scratch kd kd_srp, one student, 2 steps, 32 px, 8/4 images")
     p.add_argument("--out", default="runs/bench", help="output folder (default runs/bench)")
+    p.add_argument("--keep", type=Path,
+                   help="a folder (committed, e.g. benchmarks/results/real_teacher_main/runs) that holds a copy of "
+                        "each finished run's metrics.json as DATASET/STUDENT/VARIANT/seedS.json: a run is copied "
+                        "there as soon as it is scored, and a run found there counts as finished in a new --out "
+                        "(a fresh checkout), so the runs outlive the output folder")
     args = p.parse_args(argv)
 
     spec = TASKS[args.task]
@@ -735,6 +757,8 @@ def main(argv: list[str] | None = None) -> int:
                     o.update(variant_overrides(var, args.recipe))
                     o["seed"] = seed
                     command = "train" if (var == "scratch" and task != "teacher_only") else "distill"
+                    kept = args.keep / ds / st / var / f"seed{seed}.json" if args.keep else None
+                    restore_kept(kept, run_dir)
                     if (run_dir / "metrics.json").is_file():
                         log(f"skip {run_dir} (metrics.json exists)")
                         skipped += 1
@@ -752,6 +776,7 @@ def main(argv: list[str] | None = None) -> int:
                                            config="main" if args.recipe == "main" else "default")
                         de = eval_run(run_dir, args.test_images)
                         log(f"done {run_dir}: train {dt:.0f} s, eval {de:.0f} s")
+                    keep_finished(run_dir, kept)
                     per_seed.append(json.loads((run_dir / "metrics.json").read_text()))
                     seeds_done.append(seed)
                 if not per_seed:
@@ -762,7 +787,7 @@ def main(argv: list[str] | None = None) -> int:
                              "runs": [str(ddir / st / var / f"seed{s}") for s in seeds_done]})
             # side-by-side report of the variants, first seed
             runs = [ddir / st / v / f"seed{args.seeds[0]}" for v in variants]
-            runs = [r for r in runs if (r / "metrics.json").is_file()]
+            runs = [r for r in runs if (r / "student.safetensors").is_file() and (r / "metrics.json").is_file()]
             if runs:
                 write_comparison(runs, tdir / f"report_{ds}_{st}_seed{args.seeds[0]}.html")
 

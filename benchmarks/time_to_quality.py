@@ -147,7 +147,9 @@ def write_results(tdir: Path, rows: list[dict], meta: dict) -> None:
             student += f", {r['threads']} thread"
         groups.setdefault((r["recipe"], student), []).append(r)
     lines = [f"# Time to quality: {meta['task']}, {meta['time_s']:g} s per run", "",
-             f"Machine: {meta['machine']}; 2 threads per run unless the student column says otherwise; "
+             f"Machine: {meta['machine']} (the runs' CPUs: "
+             f"{', '.join(sorted({r.get('cpu', 'not recorded') for r in rows})) or 'none'}); "
+             "2 threads per run unless the student column says otherwise; "
              f"{meta['command']}", "",
              "| recipe | student | seeds | PSNR to teacher (dB) | copy of input (dB) | ST-LPIPS to teacher "
              "| copy ST-LPIPS | steps |",
@@ -199,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="do not measure the test split at every validation (it costs real_teacher runs ~15%% of "
                          "their steps): the run is then exactly a user's --time run; the curve is on the val split "
                          "and the final figures on the test split as always")
+    ap.add_argument("--keep", type=Path,
+                    help="a folder (committed, e.g. benchmarks/results/time_to_quality/real_teacher/runs) that holds a "
+                         "copy of each finished run's ttq.json as RUN.json: a run is copied there when it finishes, "
+                         "and a run found there counts as finished in a new --out (a fresh checkout)")
     args = ap.parse_args(argv)
     seconds = args.time or (510.0 if args.task == "main" else 1800.0)
     students = args.students or (["r16", "r32", "m16"] if args.task == "real_teacher" else ["preset"])
@@ -213,6 +219,11 @@ def main(argv: list[str] | None = None) -> int:
         tag += "_valcurve" if no_test_curve else ""
         run_dir = tdir / f"{recipe}_{student}{tag}_seed{seed}"
         done = run_dir / "ttq.json"
+        kept = args.keep / f"{run_dir.name}.json" if args.keep else None
+        if kept is not None and kept.is_file() and not done.is_file():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            done.write_text(kept.read_text())
+            log(f"restored {done} from {kept}")
         if args.report_only and not done.is_file():
             continue
         if not done.is_file():
@@ -224,11 +235,14 @@ def main(argv: list[str] | None = None) -> int:
             run_one(run_dir, over, seconds, args.threads, test_curve=not no_test_curve)
             records = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
             rec = {"recipe": recipe, "student": student, "seed": seed, "train_photos": train_photos,
-                   "threads": args.threads, **final_figures(run_dir),
+                   "threads": args.threads, "cpu": cpu_name(), **final_figures(run_dir),
                    "steps": max(r["step"] for r in records)}
             rec["curve_split"] = "val" if no_test_curve else "test"
             rec["curve"] = curve(run_dir, rec["curve_split"])
             done.write_text(json.dumps(rec) + "\n")
+        if kept is not None and not kept.is_file():
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            kept.write_text(done.read_text())
         rec = json.loads(done.read_text())
         log(f"{recipe} {student} seed {seed}: PSNR {rec['psnr']:.2f} dB (copy {rec['copy_psnr']:.2f}), "
             f"ST-LPIPS {rec['stlpips']:.4f} (copy {rec['copy_stlpips']:.4f}), {rec['steps']} steps")

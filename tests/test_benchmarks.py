@@ -101,6 +101,15 @@ def test_time_to_quality_quick_is_resumable(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0 and "srpkd distill" not in proc.stdout + proc.stderr  # nothing re-run
     assert json.loads((tdir / "default_preset_seed0" / "ttq.json").read_text()) == old
+    # --keep: a finished run is copied to the kept folder; a fresh --out restores it instead of running it
+    keep = tmp_path / "kept"
+    proc = subprocess.run(cmd + ["--keep", str(keep)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0 and json.loads((keep / "default_preset_seed0.json").read_text()) == old
+    fresh = cmd[:cmd.index("--out")] + ["--out", str(tmp_path / "fresh")] + cmd[cmd.index("--out") + 2:]
+    proc = subprocess.run(fresh + ["--keep", str(keep)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0 and "srpkd distill" not in proc.stdout + proc.stderr
+    assert "restored " in proc.stdout + proc.stderr
+    assert json.loads((tmp_path / "fresh" / "main" / "results.json").read_text())["runs"] == results["runs"]
 
 
 def test_step_speedup_quick_against_the_baseline_commit():

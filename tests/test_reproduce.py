@@ -87,9 +87,9 @@ def test_calibrate_measures_every_term(tmp_path, capsys):
 @pytest.mark.timeout(1800)
 @needs_data
 def test_quick_main_recipe_end_to_end(tmp_path, capsys):
-    out = tmp_path / "bench"
+    out, keep = tmp_path / "bench", tmp_path / "kept"
     argv = ["real_teacher", "--recipe", "main", "--quick", "--seeds", "0", "--variants", "kd", "feat_srp",
-            "--threads", "1", "--out", str(out)]
+            "--threads", "1", "--out", str(out), "--keep", str(keep)]
     assert reproduce.main(argv) == 0
     tdir = out / "real_teacher"
     res = json.loads((tdir / "results.json").read_text())
@@ -113,6 +113,19 @@ def test_quick_main_recipe_end_to_end(tmp_path, capsys):
     # the same folder refuses the other recipe instead of mixing the two
     with pytest.raises(SystemExit, match="another budget"):
         reproduce.main([a for a in argv if a not in ("--recipe", "main")])
+
+    # --keep: each run's metrics.json was copied there when it was scored; a fresh --out (a new checkout,
+    # runs/ empty) restores them, starts no run and gives the same table
+    assert json.loads((keep / "photos" / "r16" / "feat_srp" / "seed0.json").read_text()) == m
+    assert sorted(p.relative_to(keep).as_posix() for p in keep.rglob("*.json")) == [
+        "photos/r16/feat_srp/seed0.json", "photos/r16/kd/seed0.json"]
+    capsys.readouterr()
+    assert reproduce.main(argv[:-4] + ["--out", str(tmp_path / "fresh"), "--keep", str(keep)]) == 0
+    log = capsys.readouterr().out
+    assert log.count("restored ") == 2 and log.count("skip ") == 2 and "srpkd distill" not in log
+    fresh = json.loads((tmp_path / "fresh" / "real_teacher" / "results.json").read_text())
+    assert [r["metrics"] for r in fresh["rows"]] == [r["metrics"] for r in res["rows"]]
+    assert not list((tmp_path / "fresh" / "real_teacher").glob("report_*.html"))  # no student to show
 
 
 @pytest.mark.slow
