@@ -312,6 +312,29 @@ def test_random_sigkills_then_resume(world):
     check_finished(w, run)
 
 
+@pytest.mark.slow
+def test_a_second_resume_of_a_running_run_is_refused(world):
+    """Two processes in one run folder would write one log and one checkpoint in turn: while a run is in its
+    third step, --resume of it stops with one line naming the running process and touches nothing; once that
+    process is SIGKILLed (the kernel drops its lock), the same --resume continues the run to the reference."""
+    w, name = world, "twice"
+    run = w["root"] / "runs" / name
+    mark = w["root"] / f"{name}.mark"
+    first = launch(w, name, probe="dstep:3")  # pauses in step 3, holding the folder
+    wait_for(mark.exists, proc=first, what="step 3")
+    before = {p.name: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    second = launch(w, name, resume=True)
+    assert second.wait(timeout=120) == 2  # srpkd's exit status for an error it explains
+    err = read_err(w, name).strip().splitlines()
+    assert len(err) == 1 and f"run folder {run} is in use by another process (pid {first.pid})" in err[0], err
+    assert {p.name: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before
+    assert first.poll() is None  # the first run is unharmed
+    assert kill(first) == -signal.SIGKILL
+    p = launch(w, name, resume=True)
+    assert p.wait(timeout=300) == 0, read_err(w, name)
+    check_finished(w, run)
+
+
 def test_atomic_write_keeps_umask_permissions(tmp_path):
     """Checkpoints are written through mkstemp (0600); the result gets the usual 0666 & ~umask."""
     save_tensors(tmp_path / "c.safetensors", {"a": torch.zeros(1)}, {})

@@ -20,6 +20,11 @@ from typing import Any, Callable, Iterator
 
 from .errors import SrpkdError, first_line, os_error_code
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; hold_lock does nothing there
+    fcntl = None
+
 _TAG = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname() or "host")[:32]
 
 
@@ -83,6 +88,38 @@ def _fsync_dir(folder: Path) -> None:
 
 class FileTaken(SrpkdError):
     """An exclusive write found its target already there (another process made it first)."""
+
+
+class Busy(SrpkdError):
+    """Another live process holds the lock of :func:`hold_lock`."""
+
+
+def hold_lock(path: str | os.PathLike, what: str):
+    """Take an exclusive lock on ``path`` (created if absent) and return its open file: the lock lasts until the
+    file is closed or the process ends, however it ends (the kernel drops it, so a killed process leaves no
+    stale lock). Raises :class:`Busy`, naming the holder's pid, when another process holds it; ``what`` names
+    the locked thing in that message. Advisory (``flock``); on Windows it returns None and locks nothing.
+    """
+    if fcntl is None:
+        return None
+    path = Path(path)
+    try:
+        f = open(path, "a+")
+    except OSError as e:
+        raise SrpkdError(f"cannot lock {what}: {e.strerror or e} ({path})") from None
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise Busy(f"{what} is in use by another process (pid {holder}); wait for it to end or stop it") from None
+        raise SrpkdError(f"cannot lock {what}: {e.strerror or e} ({path})") from None
+    f.truncate(0)
+    f.write(f"{os.getpid()}\n")  # who holds it, for the message above ("a+": written at the end, here 0)
+    f.flush()
+    return f
 
 
 def _publish_exclusive(tmp: Path, path: Path) -> None:

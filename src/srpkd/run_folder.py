@@ -17,6 +17,7 @@
         profile.json                   latency of the student (end of srpkd distill, or srpkd profile -o);
         profile_teacher.json           and of its teacher
         report.html                    srpkd report
+        .lock                          held by the srpkd train / distill process running in the folder
 
 Names are relative to the run folder: ``run_dir / LAST`` is a path.
 """
@@ -37,6 +38,7 @@ PROFILE = "profile.json"
 PROFILE_TEACHER = "profile_teacher.json"
 REPORT = "report.html"
 TEACHER_CACHE = "teacher_cache"
+LOCK = ".lock"
 
 
 def step_checkpoint(step: int) -> str:

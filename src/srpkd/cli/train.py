@@ -19,8 +19,7 @@ import torch
 from .. import run_folder
 from ..config import Config, load_config, save_config
 from ..errors import SrpkdError
-from ..files import FileTaken
-from ..files import read_json_object
+from ..files import FileTaken, hold_lock, read_json_object
 from ..metrics.latency import median_ms, where
 from ..models import count_macs, count_params
 from ..report import write_report
@@ -162,13 +161,17 @@ def run(args) -> int:
     cfg, run_dir = _load_config(args)
     device = resolve_device(cfg.device)
     dist.init(device)
-    run_dir, resume = _prepare_run_dir(args, cfg, run_dir)
-    dist.barrier()
+    lock = None
     try:
+        if args.resume:  # before anything reads or rewrites the folder: not while another process runs in it
+            lock = _lock_run_dir(run_dir, device)
+        run_dir, resume = _prepare_run_dir(args, cfg, run_dir)
+        dist.barrier()
         trainer = Trainer(cfg, distill=args.distill, run_dir=run_dir, resume=resume, quiet=args.quiet)
         if not args.resume:  # every check has passed: now take the folder, atomically
             trainer.set_run_dir(_claim_run_dir(cfg, run_dir, unique=not args.name_given, device=trainer.device))
             run_dir = trainer.run_dir
+            lock = _lock_run_dir(run_dir, trainer.device)
         if dist.is_main():
             what = "distilling" if args.distill else "training"
             print(f"srpkd: {what} {cfg.task} -> {run_dir} ({trainer.total_steps} steps, batch "
@@ -181,7 +184,22 @@ def run(args) -> int:
             _print_result(args, trainer, result)
         return _exit_code(result)
     finally:
+        if lock is not None:
+            lock.close()
         dist.shutdown()
+
+
+def _lock_run_dir(run_dir: Path, device):
+    """Rank 0 holds the run folder's lock for the whole run; every rank stops when another process holds it."""
+    lock, err = None, None
+    if dist.is_main():
+        try:
+            lock = hold_lock(run_dir / run_folder.LOCK, f"run folder {run_dir}")
+        except SrpkdError as e:
+            err = e
+    if dist.broadcast_int(int(err is None), device) == 0:
+        raise err or SrpkdError(f"rank {dist.rank()}: rank 0 could not lock the run folder {run_dir}; the job stops")
+    return lock
 
 
 def _load_config(args) -> tuple[Config, Path | None]:
