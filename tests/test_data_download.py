@@ -332,3 +332,18 @@ def test_combine_flat_folders_with_resize(tmp_path, capsys):
     assert main(args + ["--size", "24", "--split", "val"]) == 0
     with Image.open(tmp_path / "AB" / "val" / "x.jpg") as img:
         assert img.size == (48, 24) and img.format == "JPEG"
+
+
+def test_an_archive_larger_than_the_free_space_is_refused_and_kept(host, full_disk, capsys):
+    """A real 16 MiB tmpfs: the archive (a few KiB) downloads, but it unpacks to 24 MiB; refused before
+    anything is written, and the sound archive is kept, so the rerun after space was freed needs no download."""
+    Host.files[P2P] = tar_gz({**pix2pix_members(), "facades/train/zeros.bin": bytes(24 * 2**20)})
+    root = full_disk.path / "facades"
+    line = one_error(capsys, main(download(host, root, "facades", "--no-verify")))
+    assert "unpacks to 24.0 MiB" in line and "nothing was extracted" in line and "was kept" in line, line
+    assert not root.exists()
+    no_leftovers(full_disk.path, keep=(".facades.facades.tar.gz",))  # the download; no staging folder
+    # the rerun extracts the kept archive (refused again, still no room) without asking the host for it
+    served = len(Host.requests)
+    assert "unpacks to 24.0 MiB" in one_error(capsys, main(download(host, root, "facades", "--no-verify")))
+    assert len(Host.requests) == served and (full_disk.path / ".facades.facades.tar.gz").is_file()

@@ -51,40 +51,6 @@ def run_cli(capsys, argv: list[str]) -> tuple[int, str, str]:
 # ----------------------------------------------------------------------------- class 2: a really full disk
 
 
-@pytest.fixture
-def full_disk(tmp_path):
-    """A 16 MiB tmpfs; ``fill()`` then takes all of its free space with a real file."""
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    if shutil.which("mount") is None:
-        pytest.skip("no mount command: a real full disk cannot be made here")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"mounting a tmpfs is not permitted here ({r.stderr.strip() or r.returncode}): "
-                    "the mocked ENOSPC rows of test_bad_input.py still run")
-
-    class Disk:
-        path = mnt
-
-        @staticmethod
-        def fill(leave: int = 0) -> None:
-            """Write a filler file until the disk is full, then free ``leave`` bytes of it."""
-            filler = mnt / "filler"
-            fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-            try:
-                while True:
-                    os.write(fd, b"\0" * 65536)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
-            if leave:
-                os.truncate(filler, max(0, filler.stat().st_size - leave))
-
-    yield Disk
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
 def _no_tmp(folder: Path) -> None:
     left = [p.name for p in folder.rglob(".*.tmp")]
     assert not left, f"temporary files left: {left}"

@@ -5,10 +5,14 @@ Every member is checked before anything is written: an archive with a link
 ``..`` component is refused whole, so nothing can land outside the target
 folder or point outside it. Tar archives are then extracted with tarfile's
 ``filter="data"`` as well, where Python has it (3.10.12+, 3.11.4+). A truncated or corrupt archive
-is one :class:`SrpkdError` naming it.
+is one :class:`SrpkdError` naming it. An archive that unpacks to more than the free space of the
+target's disk (the members' declared sizes, which extraction holds them to) is refused before anything is
+written, as :class:`DiskFull`: the archive is fine, the disk is not.
 """
 from __future__ import annotations
 
+import errno
+import shutil
 import stat
 import tarfile
 import zipfile
@@ -31,6 +35,14 @@ def unsafe_name(name: str) -> str | None:
     if ".." in parts:
         return "a path leaving the folder ('..')"
     return None
+
+
+class DiskFull(SrpkdError):
+    """The archive does not fit on the target's disk (a sound archive: keep it)."""
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
 
 
 def _refuse(archive: Path, member: str, why: str) -> SrpkdError:
@@ -76,20 +88,30 @@ def extract(archive: str | Path, dest: str | Path) -> Path:
         if name.endswith(".zip"):
             with zipfile.ZipFile(archive) as zf:
                 members = _zip_members(archive, zf)
+                _check_room(archive, dest, sum(m.file_size for m in members))
                 for m in members:
                     zf.extract(m, dest)
         else:
             with tarfile.open(archive, "r:*") as tf:
                 members = _tar_members(archive, tf)
+                _check_room(archive, dest, sum(m.size for m in members if m.isfile()))
                 # filter="data" (3.10.12+, 3.11.4+) as a second guard; the checks above already refuse the same
                 safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
                 tf.extractall(dest, members=members, **safe)
     except SrpkdError:
         raise
     except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(f"cannot extract {archive} into {dest}: {e.strerror}") from None
         if e.errno is not None:  # the disk, not the archive (a gzip error has no errno)
             raise SrpkdError(f"cannot extract {archive} into {dest}: {e.strerror or e}") from None
         raise SrpkdError(f"{archive} is damaged or truncated ({first_line(e)})") from None
     except DAMAGED as e:
         raise SrpkdError(f"{archive} is damaged or truncated ({first_line(e)})") from None
     return dest
+
+
+def _check_room(archive: Path, dest: Path, size: int) -> None:
+    free = shutil.disk_usage(dest).free
+    if size > free:
+        raise DiskFull(f"{archive} unpacks to {_mib(size)} but {dest} has {_mib(free)} free; nothing was extracted")

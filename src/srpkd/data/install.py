@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SrpkdError
-from .archives import extract
+from .archives import DiskFull, extract
 from .catalog import Archive, find
 from .download import fetch
 from .images import is_image_file
@@ -103,6 +103,9 @@ def install(name: str, root: str | os.PathLike, *, host: str | None = None, keep
                 marks = ", ".join(f"{m}/" for m in LAYOUTS[archive.layout][0])
                 raise SrpkdError(f"{download} does not hold the {archive.layout} layout srpkd reads ({marks} "
                                  f"with images)")
+        except DiskFull as e:  # the archive is sound: a rerun with more room extracts it without a download
+            raise SrpkdError(f"{e}; the download {download} was kept: free some space and run the same "
+                             "command again") from None
         except SrpkdError as e:  # a rerun must download it afresh, not meet the same archive again
             download.unlink(missing_ok=True)
             raise SrpkdError(f"{e}; the archive was deleted") from None
