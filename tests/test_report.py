@@ -12,24 +12,23 @@ import pytest
 import yaml
 from PIL import Image
 
-from srpkd.checkpoint import save_generator
+from srpkd.checkpoint import load_generator, save_generator
 from srpkd.cli.main import main
+from srpkd.config import load_config
 from srpkd.models import create_generator
 from srpkd.report import loss_curves_png, read_log, write_comparison, write_report
 
 
-def make_run(tmp_path, name="r", metrics=True, log=True, samples=True):
-    from srpkd.config import load_config
-
+def make_run(tmp_path, name="r", metrics=True, log=True, samples=True, root="/data/facades", student=None):
     teacher = tmp_path / "teacher.safetensors"
     if not teacher.exists():
         save_generator(create_generator("resnet_9blocks", ngf=8), teacher)
-    cfg = load_config(None, ["task=paired", "data.mode=aligned", "data.root=/data/facades", "data.crop_size=32",
+    cfg = load_config(None, ["task=paired", "data.mode=aligned", f"data.root={root}", "data.crop_size=32",
                              "data.load_size=36", f"teacher.checkpoint={teacher}", "optim.steps=20", "loss.srp=50"])
     run = tmp_path / "runs" / name
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg)))
-    save_generator(create_generator("resnet_9blocks", ngf=4), run / "student.safetensors")
+    save_generator(student or create_generator("resnet_9blocks", ngf=4), run / "student.safetensors")
     if log:
         with open(run / "log.jsonl", "w") as f:
             for s in range(0, 20, 2):
@@ -105,6 +104,17 @@ def test_comparison_has_one_column_per_run(tmp_path):
     header = re.search(r"<thead><tr>(.*?)</tr></thead>", text).group(1)
     assert "baseline" in header and "srp" in header
     assert "123.46" in text and "not measured" in text
+
+
+def test_comparison_shows_each_runs_relation_maps_and_distance(tmp_path, aligned_dir):
+    """A student that is the teacher has the teacher's relation rows (0.000); a random one does not."""
+    a = make_run(tmp_path, "random", root=aligned_dir)
+    b = make_run(tmp_path, "teacher_copy", root=aligned_dir, student=load_generator(tmp_path / "teacher.safetensors"))
+    text = write_comparison([a, b], tmp_path / "cmp.html").read_text()
+    row = re.search(r"Relation rows to the teacher.*?</tr>", text, re.S).group(0)
+    cells = re.findall(r"<td>([0-9.]+) <span class=note>at encoder</span></td>", row)
+    assert len(cells) == 2 and float(cells[0]) > 0.01 and cells[1] == "0.000", row
+    assert text.count('alt="relation maps of ') == 2
 
 
 def test_cli_report(tmp_path, capsys):

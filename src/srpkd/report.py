@@ -9,10 +9,13 @@ loop's last held-out validation), the sample grid (``samples.png``), the
 relation maps of teacher and student on the first held-out image
 (:mod:`srpkd.relmap`) and the loss curves drawn from ``log.jsonl``.
 ``write_comparison(run_dirs, out)`` puts several runs side by side, one column
-per run. Rows that do not apply to the run's task are left out (no ground truth
-in a teacher_only run); what was not measured is shown as "not measured", or,
-for a whole row, named in a note with the command that measures it. A report
-never fails because a run is incomplete.
+per run, with each run's relation maps on the same held-out image and the mean
+distance of its relation rows to the teacher's (the variants of a reproduction,
+with and without the relation loss, side by side). Rows that do not apply to
+the run's task are left out (no ground truth in a teacher_only run); what was
+not measured is shown as "not measured", or, for a whole row, named in a note
+with the command that measures it. A report never fails because a run is
+incomplete.
 """
 from __future__ import annotations
 
@@ -469,6 +472,12 @@ def render_run(info: dict) -> str:
     return _page(f"srpkd {info['name']}", "\n".join(body))
 
 
+def _relation_distance(maps: RelationMaps | None) -> str:
+    if maps is None:
+        return NOT_MEASURED
+    return f"{float(maps.distances.mean()):.3f} <span class=note>at {html.escape(maps.tap)}</span>"
+
+
 def render_comparison(infos: list[dict]) -> str:
     names = [html.escape(i["name"]) for i in infos]
     prim = [_primary(i["metrics"]) for i in infos]
@@ -490,9 +499,12 @@ def render_comparison(infos: list[dict]) -> str:
     for label, key, fmt, hint in FIDELITY_ROWS:
         rows.append([f"{label} <span class=note>({hint})</span>"]
                     + [_fmt(p.get("fidelity", {}).get(key), fmt) for p in prim])
+    rows.append(["Relation rows to the teacher <span class=note>(mean ||R<sub>t,i</sub> - R<sub>s,i</sub>||² over "
+                 "the query pixels of the relation maps below; 0: the teacher's rows)</span>"]
+                + [_relation_distance(i["relation_maps"]) for i in infos])
     body = ["<h1>srpkd runs compared</h1>", "<h2>Metrics</h2>", _table([""] + names, rows)]
     for info in infos:
-        body += [f"<h2>{html.escape(info['name'])}</h2>", _images(info), _curves(info)]
+        body += [f"<h2>{html.escape(info['name'])}</h2>", _images(info), _relation_maps_html(info), _curves(info)]
     return _page("srpkd comparison", "\n".join(body))
 
 
