@@ -63,6 +63,20 @@ def test_kd_terms_resolve_taps_by_name_and_adapt_widths():
     assert kd.adapters["encoder"].weight.grad is not None
 
 
+def test_perceptual_kd_term_trains_the_student_and_stays_out_of_the_state(tmp_path):
+    teacher = tiny_teacher(tmp_path / "t.safetensors")
+    tr = _trainer(tmp_path, teacher, "loss.perc=1", "loss.perc_crop=32")
+    losses = tr.train_step(_batch(tr), 0)
+    assert losses["perc"] > 0
+    kd = tr.task.student.kd
+    assert not any("lins" in k or "net." in k for k in kd.state_dict())  # the frozen ST-LPIPS is not saved
+    t, s = create_generator("resnet_6blocks", ngf=8), create_generator("resnet_9blocks", ngf=4)
+    with pytest.raises(SrpkdError, match="perc_crop is 16: ST-LPIPS needs at least 32 px"):
+        KDTerms(load_config("main", ["loss.perc=1", "loss.perc_crop=16"]).loss, t, s)
+    off = KDTerms(load_config("main", ["loss.perc_crop=16", "loss.srp=0", "loss.feat=0"]).loss, t, s)
+    assert set(off(torch.zeros(1, 3, 32, 32), {}, torch.zeros(1, 3, 32, 32), {})) == {"kd"}  # weight 0: off
+
+
 def test_factorized_feature_kd_gives_the_direct_losses_and_gradients_on_real_networks():
     """loss.feat_method: the same weighted term and the same gradients on student and adapters (float32 rounding)."""
     torch.manual_seed(0)

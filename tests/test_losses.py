@@ -21,7 +21,9 @@ from srpkd.losses import (
     semantic_relation_loss,
     similarity_preserving_loss,
 )
+import srpkd.losses as L
 from srpkd.losses import relation
+from srpkd.metrics.perceptual import stlpips
 
 TOL = {torch.float64: 1e-5, torch.float32: 1e-3}
 
@@ -510,3 +512,50 @@ def test_relation_benchmark_script_smoke(capsys):
     assert rows[0]["max_rel_err"] < 1e-12 and rows[0]["dense_peak_mb"] > 0
     assert rows[1]["dense_ms"] is None and rows[1]["max_rel_err"] is None  # 6 * 64^2 * 8 B > 1e-4 GiB
     assert rows[1]["dense_note"].startswith("skipped: needs")
+
+
+def test_random_square_takes_the_same_square_of_both_batches():
+    a = torch.arange(2 * 3 * 8 * 10, dtype=torch.float32).reshape(2, 3, 8, 10)
+    b = -a
+    torch.manual_seed(3)
+    sa, sb = L.random_square(a, b, 4)
+    assert sa.shape == (2, 3, 4, 4) and torch.equal(sb, -sa)
+    top, left = divmod(int(sa[0, 0, 0, 0]), 10)  # where the square starts in a
+    assert torch.equal(sa, a[..., top:top + 4, left:left + 4])
+    seen = set()
+    for _ in range(200):
+        s, _ = L.random_square(a, b, 4)
+        seen.add(divmod(int(s[0, 0, 0, 0]), 10))
+    assert seen == {(top, left) for top in range(5) for left in range(7)}  # every position, nothing outside
+    assert L.random_square(a, b, 0)[0] is a and L.random_square(a, b, 10)[0] is a  # whole images
+
+
+def test_perceptual_kd_loss_is_the_mean_metric_of_the_square_in_float32():
+    """With a hand-written metric (mean squared difference per image) the loss is that metric's mean over the
+    batch on the drawn square, computed in float32 also under bf16 autocast, with gradients to the student only."""
+    def metric(x, y):
+        assert x.dtype == y.dtype == torch.float32 and x.shape[-2:] == (4, 4)
+        return (x - y).square().flatten(1).mean(1)
+
+    s = torch.randn(3, 3, 8, 8, requires_grad=True)
+    t = torch.randn(3, 3, 8, 8)
+    torch.manual_seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = L.perceptual_kd_loss(s.bfloat16(), t.bfloat16(), metric, crop=4)
+    torch.manual_seed(0)
+    ss, tt = L.random_square(s.bfloat16().float(), t.bfloat16().float(), 4)
+    assert loss.dtype == torch.float32
+    assert torch.allclose(loss, (ss - tt).square().mean(), atol=1e-6)
+    loss.backward()
+    assert s.grad is not None and int((s.grad != 0).flatten(2).any(1).sum()) == 3 * 16  # only the square
+    with pytest.raises(SrpkdError, match="perceptual_kd_loss"):
+        L.perceptual_kd_loss(s, t[:2], metric)
+
+
+def test_perceptual_kd_loss_with_st_lpips_is_zero_for_the_teacher_and_grows_with_noise():
+    metric = stlpips(torch.device("cpu"))
+    t = torch.rand(2, 3, 64, 64) * 2 - 1
+    near = (t + 0.05 * torch.randn_like(t)).clamp(-1, 1)
+    far = (t + 0.3 * torch.randn_like(t)).clamp(-1, 1)
+    assert float(L.perceptual_kd_loss(t, t, metric, crop=32)) == 0.0
+    assert 0 < float(L.perceptual_kd_loss(near, t, metric, crop=0)) < float(L.perceptual_kd_loss(far, t, metric, 0))

@@ -108,6 +108,8 @@ class LossConfig:
     sp_taps: list[str] = field(default_factory=lambda: ["encoder"])
     at: float = 0.0  # attention transfer (Zagoruyko & Komodakis 2017)
     at_taps: list[str] = field(default_factory=lambda: ["encoder"])
+    perc: float = 0.0  # perceptual KD: ST-LPIPS (AlexNet) between student and teacher images
+    perc_crop: int = 64  # ... on one random square of this many px per batch (0: the whole image); at least 32
 
 
 @dataclass

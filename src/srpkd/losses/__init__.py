@@ -7,6 +7,8 @@ from .kd import (
     feature_kd_loss,
     feature_kd_loss_factorized,
     output_kd_loss,
+    perceptual_kd_loss,
+    random_square,
     similarity_preserving_loss,
 )
 from .relation import semantic_relation_loss
@@ -21,6 +23,8 @@ __all__ = [
     "feature_kd_loss",
     "feature_kd_loss_factorized",
     "output_kd_loss",
+    "perceptual_kd_loss",
+    "random_square",
     "semantic_relation_loss",
     "similarity_preserving_loss",
 ]

@@ -34,6 +34,29 @@ def output_kd_loss(student_out: torch.Tensor, teacher_out: torch.Tensor) -> torc
         return F.l1_loss(*_upcast(student_out, teacher_out))
 
 
+def random_square(a: torch.Tensor, b: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random ``size`` x ``size`` square of two (N, C, H, W) batches, drawn from torch's global generator
+    (so a resumed run draws the same squares); the whole images when ``size`` is 0 or not smaller than them."""
+    h, w = a.shape[-2:]
+    if size <= 0 or (size >= h and size >= w):
+        return a, b
+    sh, sw = min(size, h), min(size, w)
+    top = int(torch.randint(0, h - sh + 1, ()))
+    left = int(torch.randint(0, w - sw + 1, ()))
+    return a[..., top:top + sh, left:left + sw], b[..., top:top + sh, left:left + sw]
+
+
+def perceptual_kd_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, metric: nn.Module,
+                       crop: int = 0) -> torch.Tensor:
+    """L_perc = mean_n metric(G_s(x)_n, G_t(x)_n) on one random ``crop`` square of the batch (0: whole images);
+    ``metric`` maps two (N, 3, H, W) batches in [-1, 1] to (N,) distances (ST-LPIPS in srpkd)."""
+    _require_same_shape(student_out, teacher_out, "perceptual_kd_loss", ("student output", "teacher output"))
+    s, t = random_square(student_out, teacher_out, crop)
+    with torch.autocast(device_type=student_out.device.type, enabled=False):
+        s, t = _upcast(s, t)
+        return metric(s, t.to(s.dtype)).mean()
+
+
 class FeatureAdapter(nn.Conv2d):
     """FitNets regressor: a learned 1x1 convolution (with bias) from student width to teacher width."""
 
