@@ -69,6 +69,7 @@ RECIPES: dict[str, dict] = {
             "optim.warmup": 0.0, "loss.feat": 0.0, "loss.gan_start": 0.0},
     "no_feat": {"loss.feat": 0.0},  # output KD + relation loss (+ GAN) only
     "no_gan": {"loss.gan": 0.0},  # KD terms only, no discriminator at all
+    "perc": {"loss.perc": 1.0},  # with perceptual KD (ST-LPIPS to the teacher on a 64 px square)
     "gan_all": {"loss.gan_start": 0.0},  # no KD-only warm-up
     "no_srp": {"loss.srp": 0.0},  # without the paper's relation term
     "plain_resnet": {"student.arch": "resnet_9blocks"},  # the paper's student, same recipe
