@@ -227,10 +227,12 @@ def variant_overrides(name: str, recipe: str = "pix2pix") -> dict:
     w = VARIANTS[name]
     if recipe == "main":
         o = {f"loss.{t}": MAIN_WEIGHTS[t] if t in w else 0.0 for t in ("kd", "srp", "feat", "sp", "at")}
+        o["loss.perc"] = 0.0  # the paper's terms only: perceptual KD stays out of the comparison
         o.update({f"loss.{t}_taps": taps for t, taps in MAIN_TAPS.items()})
         o.update({"loss.gan": 1.0, "loss.gan_start": 0.0 if name == "scratch" else 0.5})
         return o
     o = {f"loss.{t}": float(w.get(t, 0.0)) for t in ("kd", "srp", "feat", "sp", "at")}
+    o["loss.perc"] = 0.0
     o.update({"loss.srp_taps": ["encoder"], "loss.feat_taps": ["encoder"], "loss.sp_taps": ["encoder"],
               "loss.at_taps": ["encoder"], "loss.srp_method": "factorized", "loss.srp_both": w.get("srp_both", True)})
     return o
@@ -268,8 +270,8 @@ def calibrate(args, student: str, inits: int = 3, batches: int = 3) -> dict:
         for x, (t_out, t_feats) in zip(xs, targets):
             for term in terms:
                 only = {t: (1.0 if t == term else 0.0) for t in terms}
-                kd = KDTerms(dataclasses.replace(cfg.loss, **only, **{f"{t}_taps": MAIN_TAPS[t] for t in MAIN_TAPS}),
-                             teacher, g)
+                kd = KDTerms(dataclasses.replace(cfg.loss, **only, perc=0.0,
+                                                 **{f"{t}_taps": MAIN_TAPS[t] for t in MAIN_TAPS}), teacher, g)
                 s_out, s_feats = g(x, taps=all_taps)
                 loss = sum(kd(s_out, s_feats, t_out, t_feats).values())
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
