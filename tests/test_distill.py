@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from srpkd import SrpkdError, create_generator
+from srpkd.cli.main import main
 from srpkd.config import load_config
 from srpkd.distill import KDTerms, TapMismatch
 from srpkd.train.data import collate, iterate
@@ -58,7 +59,7 @@ def test_kd_terms_resolve_taps_by_name_and_adapt_widths():
         to, tf = t(x, taps=kd.tap_names)
     so, sf = s(x, taps=kd.tap_names)
     losses = kd(so, sf, to, tf)
-    assert set(losses) == {"kd", "srp", "feat", "sp", "at"}
+    assert set(losses) == {"kd", "srp", "feat", "sp", "at", "perc"}  # perc: the preset's perceptual KD
     sum(losses.values()).backward()
     assert kd.adapters["encoder"].weight.grad is not None
 
@@ -73,7 +74,7 @@ def test_perceptual_kd_term_trains_the_student_and_stays_out_of_the_state(tmp_pa
     t, s = create_generator("resnet_6blocks", ngf=8), create_generator("resnet_9blocks", ngf=4)
     with pytest.raises(SrpkdError, match="perc_crop is 16: ST-LPIPS needs at least 32 px"):
         KDTerms(load_config("main", ["loss.perc=1", "loss.perc_crop=16"]).loss, t, s)
-    off = KDTerms(load_config("main", ["loss.perc_crop=16", "loss.srp=0", "loss.feat=0"]).loss, t, s)
+    off = KDTerms(load_config("main", ["loss.perc=0", "loss.perc_crop=16", "loss.srp=0", "loss.feat=0"]).loss, t, s)
     assert set(off(torch.zeros(1, 3, 32, 32), {}, torch.zeros(1, 3, 32, 32), {})) == {"kd"}  # weight 0: off
 
 
@@ -231,3 +232,12 @@ def test_bf16_training_reports_float32_figures(tmp_path):
     p = tr.validation.prefix
     assert got[p + "l1_to_teacher"] == pytest.approx(float((s - t).abs().mean()), rel=1e-5)
     assert got[p + "copy_l1_to_teacher"] == pytest.approx(float((x - t).abs().mean()), rel=1e-5)
+
+
+def test_perceptual_kd_on_crops_under_32_px_is_one_line_after_the_networks_checks(tmp_path, capsys):
+    teacher = tiny_teacher(tmp_path / "t.safetensors")
+    rc = main(["distill", "--teacher", str(teacher), "--size", "24", "--steps", "1", "--out-dir", str(tmp_path),
+               "--set", "loss.perc=1", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "24x24 training images, too small for perceptual KD (loss.perc" in err[0], err
+    assert not (tmp_path / "runs").exists() and not [p for p in tmp_path.iterdir() if p.is_dir()]
