@@ -56,10 +56,13 @@ class KDTerms(nn.Module):
         self.label = label  # "" or "_B": suffix of the logged loss names
         self.weights = {name: float(getattr(loss_cfg, name)) for name in ("kd",) + FEATURE_TERMS + ("perc",)}
         self.perc_crop = int(loss_cfg.perc_crop)
-        if self.weights["perc"] > 0 and 0 < self.perc_crop < 32:
-            raise SrpkdError(f"loss.perc_crop is {self.perc_crop}: ST-LPIPS needs at least 32 px (0: the whole image)")
-        if self.weights["perc"] > 0:  # the frozen ST-LPIPS network, one per device, never in this module's state:
-            stlpips(next(student.parameters()).device)  # loaded now, so missing weights stop the run before it starts
+        if self.weights["perc"] > 0:
+            if 0 < self.perc_crop < 32:
+                raise SrpkdError(f"loss.perc_crop is {self.perc_crop}: ST-LPIPS needs at least 32 px "
+                                 "(0: the whole image)")
+            # the frozen ST-LPIPS network, one per device, never in this module's state: loaded now, so that
+            # missing weights stop the run before it starts
+            stlpips(next(student.parameters()).device)
         self.taps = {name: list(dict.fromkeys(getattr(loss_cfg, f"{name}_taps"))) for name in FEATURE_TERMS}
         self.srp_method = loss_cfg.srp_method
         self.srp_precision = loss_cfg.srp_precision

@@ -53,8 +53,7 @@ def perceptual_kd_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, met
     _require_same_shape(student_out, teacher_out, "perceptual_kd_loss", ("student output", "teacher output"))
     s, t = random_square(student_out, teacher_out, crop)
     with torch.autocast(device_type=student_out.device.type, enabled=False):
-        s, t = _upcast(s, t)
-        return metric(s, t.to(s.dtype)).mean()
+        return metric(*_upcast(s, t)).mean()
 
 
 class FeatureAdapter(nn.Conv2d):

@@ -170,23 +170,24 @@ def _output_sizes(ds: Dataset) -> list[tuple[str, tuple[int, int]]]:
 
 
 def check_train_sizes(ds: Dataset, batch_size: int, multiple: int, arch: str,
-                      minimum: tuple[int, str] = (1, "")) -> None:
+                      minimum: tuple[int, str] = (1, ""), *more: tuple[int, str]) -> None:
     """Batches need one image size; the networks (``arch``) need sizes divisible by ``multiple``, and at least
-    ``minimum`` = (side, the network that needs it)."""
+    ``minimum`` = (side, the network that needs it), then each of ``more`` (needs that are not a network's,
+    such as a loss's; checked after the networks', in order)."""
     if batch_size > 1:
         check_same_size(ds)
-    smallest, needs = minimum
     for path, (w, h) in _output_sizes(ds):
         if w % multiple or h % multiple:
             raise SrpkdError(
                 f"{path} gives {w}x{h} training images, but {arch} needs sizes divisible by {multiple} "
                 f"(set --size / data.crop_size to a multiple of {multiple}, or a resizing preprocess)"
             )
-        if min(w, h) < smallest:
-            raise SrpkdError(
-                f"{path} gives {w}x{h} training images, too small for {needs}: it needs at least "
-                f"{smallest}x{smallest} (set --size / data.crop_size to {smallest} or more)"
-            )
+        for smallest, needs in (minimum, *more):
+            if min(w, h) < smallest:
+                raise SrpkdError(
+                    f"{path} gives {w}x{h} training images, too small for {needs}: it needs at least "
+                    f"{smallest}x{smallest} (set --size / data.crop_size to {smallest} or more)"
+                )
 
 
 def eval_batch(eval_set: SeededDataset, n: int, multiple: int, arch: str, minimum: tuple[int, str] = (1, "")) -> dict:

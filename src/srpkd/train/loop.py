@@ -169,11 +169,10 @@ class Trainer:
         roles += [("the discriminator", d.D) for d in self.task.directions if getattr(d, "D", None) is not None]
         smallest, role, net = max(((min_input_size(m), role, m) for role, m in roles), key=lambda r: r[0])
         minimum = (smallest, f"{role} {describe(net)}")
-        check_train_sizes(self.train_set, self.cfg.optim.batch_size, multiple, arch, minimum)
-        if any(d.kd is not None and d.kd.active("perc") for d in self.task.directions) and smallest < 32:
-            # the networks take the images; the perceptual KD term's metric needs 32 px (checked after them)
-            minimum = (32, "perceptual KD (loss.perc, ST-LPIPS; loss.perc=0 turns it off)")
-            check_train_sizes(self.train_set, self.cfg.optim.batch_size, multiple, arch, minimum)
+        # the perceptual KD term's metric needs 32 px of the training images (not of the held-out ones)
+        perc = any(d.kd is not None and d.kd.active("perc") for d in self.task.directions)
+        more = [(32, "perceptual KD (loss.perc, ST-LPIPS; loss.perc=0 turns it off)")] if perc else []
+        check_train_sizes(self.train_set, self.cfg.optim.batch_size, multiple, arch, minimum, *more)
         val = (eval_batch(self.val_set, self.cfg.eval_images, multiple, arch, minimum)
                if self.val_set is not None else None)
         return eval_batch(self.eval_set, self.cfg.eval_images, multiple, arch, minimum), val
