@@ -95,6 +95,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 from PIL import Image  # noqa: E402
+import kept as kept_runs  # noqa: E402
 from real_photos import SHARED, TRAIN_PHOTOS, data_overrides  # noqa: E402
 from real_photos import prepare_real_teacher_data as prepare_photo_squares  # noqa: E402
 
@@ -604,23 +605,6 @@ def identity_reference(tdir: Path, data_root: Path, size: int, test_images: int 
     return r
 
 
-def restore_kept(kept: Path | None, run_dir: Path) -> None:
-    """A run kept by an earlier checkout (``--keep``) and absent here: its metrics.json, so it counts as finished."""
-    if kept is None or not kept.is_file() or (run_dir / "metrics.json").is_file():
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "metrics.json", json.loads(kept.read_text()))
-    log(f"restored {run_dir}/metrics.json from {kept}")
-
-
-def keep_finished(run_dir: Path, kept: Path | None) -> None:
-    """Copy a finished run's metrics.json to the ``--keep`` folder (atomically; never over an existing copy)."""
-    if kept is None or kept.is_file():
-        return
-    kept.parent.mkdir(parents=True, exist_ok=True)
-    write_json(kept, json.loads((run_dir / "metrics.json").read_text()))
-
-
 # ----------------------------------------------------------------------------- main
 
 
@@ -760,7 +744,8 @@ def main(argv: list[str] | None = None) -> int:
                     o["seed"] = seed
                     command = "train" if (var == "scratch" and task != "teacher_only") else "distill"
                     kept = args.keep / ds / st / var / f"seed{seed}.json" if args.keep else None
-                    restore_kept(kept, run_dir)
+                    if kept_runs.restore(kept, run_dir / "metrics.json"):
+                        log(f"restored {run_dir}/metrics.json from {kept}")
                     if (run_dir / "metrics.json").is_file():
                         log(f"skip {run_dir} (metrics.json exists)")
                         skipped += 1
@@ -778,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
                                            config="main" if args.recipe == "main" else "default")
                         de = eval_run(run_dir, args.test_images)
                         log(f"done {run_dir}: train {dt:.0f} s, eval {de:.0f} s")
-                    keep_finished(run_dir, kept)
+                    kept_runs.keep(run_dir / "metrics.json", kept)
                     per_seed.append(json.loads((run_dir / "metrics.json").read_text()))
                     seeds_done.append(seed)
                 if not per_seed:

@@ -50,6 +50,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+import kept as kept_runs  # noqa: E402
 from real_photos import TRAIN_PHOTOS, data_overrides, prepare_real_teacher_data  # noqa: E402
 
 from srpkd.assets import resolve_teacher  # noqa: E402
@@ -223,9 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = tdir / f"{recipe}_{student}{tag}_seed{seed}"
         done = run_dir / "ttq.json"
         kept = args.keep / f"{run_dir.name}.json" if args.keep else None
-        if kept is not None and kept.is_file() and not done.is_file():
-            run_dir.mkdir(parents=True, exist_ok=True)
-            done.write_text(kept.read_text())
+        if kept_runs.restore(kept, done):
             log(f"restored {done} from {kept}")
         if args.report_only and not done.is_file():
             continue
@@ -243,9 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             rec["curve_split"] = "val" if no_test_curve else "test"
             rec["curve"] = curve(run_dir, rec["curve_split"])
             done.write_text(json.dumps(rec) + "\n")
-        if kept is not None and not kept.is_file():
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            kept.write_text(done.read_text())
+        kept_runs.keep(done, kept)
         rec = json.loads(done.read_text())
         log(f"{recipe} {student} seed {seed}: PSNR {rec['psnr']:.2f} dB (copy {rec['copy_psnr']:.2f}), "
             f"ST-LPIPS {rec['stlpips']:.4f} (copy {rec['copy_stlpips']:.4f}), {rec['steps']} steps")
