@@ -90,20 +90,18 @@ class Teacher:
     def build_cache(self, dataset, chunk: int = 8, desc: str = "teacher cache") -> None:
         """Run the teacher once over every item of a deterministic dataset (index order, fixed chunks)."""
         n = len(dataset)
-        outs: list[torch.Tensor] = []
-        feats: dict[str, list[torch.Tensor]] = {k: [] for k in self.taps}
-        norms: dict[str, list[torch.Tensor]] = {k: [] for k in self.norm_taps}
+        self.cache = {}
         for start in tqdm(range(0, n, chunk), desc=desc, unit="chunk", leave=False, disable=None):
             x = torch.stack([dataset[i]["A"] for i in range(start, min(n, start + chunk))])
             o, f, _ = self.compute(x)
-            outs.append(o)
-            for k in self.taps:
-                feats[k].append(f[k])
-            for k in self.norm_taps:
-                norms[k].append(relation_sq_norms(f[k]))
-        self.cache = {"out": torch.cat(outs)}
-        self.cache.update({f"tap.{k}": torch.cat(v) for k, v in feats.items()})
-        self.cache.update({f"sq_norms.{k}": torch.cat(v) for k, v in norms.items()})
+            parts = {"out": o, **{f"tap.{k}": f[k] for k in self.taps}}
+            parts.update({f"sq_norms.{k}": relation_sq_norms(f[k]) for k in self.norm_taps})
+            if not self.cache:
+                # filled in place: chunks gathered in lists and then concatenated need the cache twice over at the
+                # peak (two 800-photo runs side by side, 6.5 GiB of cache each, ran out of 24 GiB that way)
+                self.cache = {k: v.new_empty((n, *v.shape[1:])) for k, v in parts.items()}
+            for k, v in parts.items():
+                self.cache[k][start:start + len(v)] = v
         self.cache_mib = sum(t.numel() * t.element_size() for t in self.cache.values()) / 2**20
         log.debug(f"teacher cache: {n} items, {self.cache_mib:.0f} MiB")
 
