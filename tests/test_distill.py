@@ -78,6 +78,17 @@ def test_perceptual_kd_term_trains_the_student_and_stays_out_of_the_state(tmp_pa
     assert set(off(torch.zeros(1, 3, 32, 32), {}, torch.zeros(1, 3, 32, 32), {})) == {"kd"}  # weight 0: off
 
 
+def test_colour_kd_term_trains_the_student_and_checks_its_pool(tmp_path):
+    teacher = tiny_teacher(tmp_path / "t.safetensors")
+    tr = _trainer(tmp_path, teacher, "loss.colour=10", "loss.colour_pool=8")
+    before = {k: v.clone() for k, v in tr.G.state_dict().items()}
+    losses = tr.train_step(_batch(tr), 0)
+    assert losses["colour"] > 0 and any(not torch.equal(before[k], v) for k, v in tr.G.state_dict().items())
+    t, s = create_generator("resnet_6blocks", ngf=8), create_generator("resnet_9blocks", ngf=4)
+    with pytest.raises(SrpkdError, match="loss.colour_pool is -1"):
+        KDTerms(load_config("main", ["loss.colour=1", "loss.colour_pool=-1"]).loss, t, s)
+
+
 def test_factorized_feature_kd_gives_the_direct_losses_and_gradients_on_real_networks():
     """loss.feat_method: the same weighted term and the same gradients on student and adapters (float32 rounding)."""
     torch.manual_seed(0)

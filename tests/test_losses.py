@@ -1,6 +1,7 @@
 """Losses: each one against a dense or hand-computed reference, plus its gradients."""
 from __future__ import annotations
 
+import itertools
 import math
 from unittest import mock
 
@@ -528,6 +529,40 @@ def test_random_square_takes_the_same_square_of_both_batches():
         seen.add(divmod(int(s[0, 0, 0, 0]), 10))
     assert seen == {(top, left) for top in range(5) for left in range(7)}  # every position, nothing outside
     assert L.random_square(a, b, 0)[0] is a and L.random_square(a, b, 10)[0] is a  # whole images
+
+
+def test_colour_kd_loss_is_l1_between_block_means_in_float32():
+    """Dense reference: the mean colour of every pool x pool block by explicit loops; pool 0 is the per-channel
+    means; bf16 inputs under autocast compute in float32."""
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 3, 8, 12), torch.randn(2, 3, 8, 12)
+    want = torch.zeros(())
+    for n, c, i, j in itertools.product(range(2), range(3), range(2), range(3)):
+        block = (s - t)[n, c, 4 * i:4 * i + 4, 4 * j:4 * j + 4]
+        want += block.mean().abs()
+    assert torch.allclose(L.colour_kd_loss(s, t, pool=4), want / (2 * 3 * 2 * 3), atol=1e-6)
+    assert torch.allclose(L.colour_kd_loss(s, t, pool=0), (s - t).mean((2, 3)).abs().mean(), atol=1e-6)
+    assert torch.allclose(L.colour_kd_loss(s, t, pool=1), L.output_kd_loss(s, t))  # 1 px blocks: output KD
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = L.colour_kd_loss(s.bfloat16(), t.bfloat16(), pool=4)
+    assert low.dtype == torch.float32
+    assert torch.allclose(low, L.colour_kd_loss(s.bfloat16().float(), t.bfloat16().float(), pool=4), atol=1e-6)
+    with pytest.raises(SrpkdError, match="colour_kd_loss"):
+        L.colour_kd_loss(s, t[:1])
+    with pytest.raises(SrpkdError, match="pool must be 0"):
+        L.colour_kd_loss(s, t, pool=-1)
+
+
+def test_colour_kd_loss_counts_a_cast_in_full_and_texture_hardly():
+    """What the term is for: a uniform cast of 0.2 costs 0.2, as in output KD; fine zero-mean texture that
+    output KD charges 0.2 for costs nothing."""
+    t = torch.rand(2, 3, 64, 64) * 2 - 1
+    cast = t + 0.2
+    grain = t + 0.2 * torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(32, 32)  # a checkerboard, mean 0 per block
+    assert float(L.colour_kd_loss(cast, t)) == pytest.approx(0.2, abs=1e-5)
+    assert float(L.output_kd_loss(grain, t)) == pytest.approx(0.2, abs=1e-5)
+    assert float(L.colour_kd_loss(grain, t)) < 1e-6
+    assert float(L.colour_kd_loss(t, t, pool=0)) == 0.0
 
 
 def test_perceptual_kd_loss_is_the_mean_metric_of_the_square_in_float32():

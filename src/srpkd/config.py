@@ -110,6 +110,8 @@ class LossConfig:
     at_taps: list[str] = field(default_factory=lambda: ["encoder"])
     perc: float = 0.0  # perceptual KD: ST-LPIPS (AlexNet) between student and teacher images
     perc_crop: int = 64  # ... on one random square of this many px per batch (0: the whole image); at least 32
+    colour: float = 0.0  # colour KD: L1 between student and teacher images averaged over blocks ...
+    colour_pool: int = 8  # ... of this many px (0: the per-channel means of the whole image)
 
 
 @dataclass

@@ -11,7 +11,9 @@ Terms (each off, and not computed, when its weight is 0):
 * ``at``   attention transfer on ``at_taps``;
 * ``perc`` perceptual KD: ST-LPIPS (the frozen AlexNet of :mod:`srpkd.metrics.perceptual`) between
   student and teacher images, on one random ``perc_crop`` square per batch (the metric is local, and
-  a 64 px square costs a quarter of a 128 px image: about 0.11 s a step at batch 4 on one CPU thread).
+  a 64 px square costs a quarter of a 128 px image: about 0.11 s a step at batch 4 on one CPU thread);
+* ``colour`` colour KD: L1 between the student's and the teacher's images averaged over ``colour_pool``
+  px blocks (0: the per-channel means), which weighs a colour cast in full.
 
 Features are requested by tap NAME through ``G(x, taps=[...])`` (see
 :mod:`srpkd.models.base`), never by layer index. At construction both
@@ -32,7 +34,8 @@ from ..metrics.perceptual import stlpips
 
 FEATURE_TERMS = ("srp", "feat", "sp", "at")
 TERM_NAMES = {"kd": "output KD", "srp": "relation loss", "feat": "feature KD", "sp": "similarity-preserving KD",
-              "at": "attention transfer", "perc": "perceptual KD"}
+              "at": "attention transfer", "perc": "perceptual KD",
+              "colour": "colour KD"}
 
 
 class TapMismatch(SrpkdError):
@@ -54,8 +57,12 @@ class KDTerms(nn.Module):
     def __init__(self, loss_cfg, teacher: nn.Module, student: nn.Module, label: str = "") -> None:
         super().__init__()
         self.label = label  # "" or "_B": suffix of the logged loss names
-        self.weights = {name: float(getattr(loss_cfg, name)) for name in ("kd",) + FEATURE_TERMS + ("perc",)}
+        self.weights = {name: float(getattr(loss_cfg, name)) for name in ("kd",) + FEATURE_TERMS + ("perc", "colour")}
         self.perc_crop = int(loss_cfg.perc_crop)
+        self.colour_pool = int(loss_cfg.colour_pool)
+        if self.weights["colour"] > 0 and self.colour_pool < 0:
+            raise SrpkdError(f"loss.colour_pool is {self.colour_pool}: give a block size in px, or 0 for the "
+                             "per-channel means of the whole image")
         if self.weights["perc"] > 0:
             if 0 < self.perc_crop < 32:
                 raise SrpkdError(f"loss.perc_crop is {self.perc_crop}: ST-LPIPS needs at least 32 px "
@@ -161,4 +168,6 @@ class KDTerms(nn.Module):
         if self.active("perc"):
             out["perc" + sfx] = self.weights["perc"] * L.perceptual_kd_loss(s_out, t_out, stlpips(s_out.device),
                                                                             self.perc_crop)
+        if self.active("colour"):
+            out["colour" + sfx] = self.weights["colour"] * L.colour_kd_loss(s_out, t_out, self.colour_pool)
         return out

@@ -34,6 +34,23 @@ def output_kd_loss(student_out: torch.Tensor, teacher_out: torch.Tensor) -> torc
         return F.l1_loss(*_upcast(student_out, teacher_out))
 
 
+def colour_kd_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, pool: int = 8) -> torch.Tensor:
+    """L_colour = mean |P(G_s(x)) - P(G_t(x))|, output KD on the images' local mean colours.
+
+    P is adaptive average pooling to ceil(H / pool) x ceil(W / pool) cells: the means of the ``pool`` x
+    ``pool`` blocks when ``pool`` divides the size (about that size otherwise), or with ``pool`` 0 the
+    per-channel means of the whole image. A colour cast counts in full here, where output KD mixes it with
+    the per-pixel errors of texture and edges, whose signs a cast does not share."""
+    _require_same_shape(student_out, teacher_out, "colour_kd_loss", ("student output", "teacher output"))
+    if pool < 0:
+        raise SrpkdError(f"colour_kd_loss: pool must be 0 (whole image) or positive, got {pool}")
+    h, w = student_out.shape[-2:]
+    size = (1, 1) if pool == 0 else (-(-h // pool), -(-w // pool))
+    with torch.autocast(device_type=student_out.device.type, enabled=False):
+        s, t = (F.adaptive_avg_pool2d(x, size) for x in _upcast(student_out, teacher_out))
+        return F.l1_loss(s, t)
+
+
 def random_square(a: torch.Tensor, b: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The same random ``size`` x ``size`` square of two (N, C, H, W) batches, drawn from torch's global generator
     (so a resumed run draws the same squares); the whole images when ``size`` is 0 or not smaller than them."""
