@@ -75,6 +75,8 @@ RECIPES: dict[str, dict] = {
     "perc": {"loss.perc": 1.0},  # with perceptual KD (ST-LPIPS to the teacher on a 64 px square)
     # ... and colour KD (L1 between 8 px block means, issue 13's colour-pinning candidate)
     "perc_colour": {"loss.perc": 1.0, "loss.colour": 10.0},
+    # ... and progressive resolution (64 px squares for the first 30% of the steps, issue 13's candidate)
+    "perc_prog": {"loss.perc": 1.0, "optim.progressive_crop": 64, "optim.progressive_until": 0.3},
     "gan_all": {"loss.gan_start": 0.0},  # no KD-only warm-up
     "no_srp": {"loss.srp": 0.0},  # without the paper's relation term
     "plain_resnet": {"student.arch": "resnet_9blocks"},  # the paper's student, same recipe

@@ -10,7 +10,8 @@ import torch
 from srpkd import SrpkdError, create_generator
 from srpkd.cli.main import main
 from srpkd.config import load_config
-from srpkd.distill import KDTerms, TapMismatch
+from srpkd.distill import KDTerms, TapMismatch, TeacherOutput
+from srpkd.losses.relation import relation_sq_norms
 from srpkd.train.data import collate, iterate
 from srpkd.train.loop import Trainer
 from train_helpers import tiny_teacher
@@ -252,3 +253,58 @@ def test_perceptual_kd_on_crops_under_32_px_is_one_line_after_the_networks_check
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "24x24 training images, too small for perceptual KD (loss.perc" in err[0], err
     assert not (tmp_path / "runs").exists() and not [p for p in tmp_path.iterdir() if p.is_dir()]
+
+
+def test_teacher_view_of_a_square_crops_each_tap_at_its_stride():
+    """Features that say where they come from: each tap holds its positions' full-resolution coordinates, so the
+    square's view must hold exactly the square's coordinates; the relation row norms are the square's own."""
+    rows, cols = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    where = (1000 * rows + cols).expand(2, 3, 32, 32)
+    feats = {"full": where, "quarter": where[..., ::4, ::4].clone(), "half": where[..., ::2, ::2].clone()}
+    view = TeacherOutput(where, feats, {"quarter": relation_sq_norms(feats["quarter"])})
+    sq = view.crop(8, 12, 16)
+    want = where[..., 8:24, 12:28]
+    assert torch.equal(sq.out, want) and torch.equal(sq.feats["full"], want)
+    assert torch.equal(sq.feats["half"], want[..., ::2, ::2]) and torch.equal(sq.feats["quarter"], want[..., ::4, ::4])
+    assert set(sq.sq_norms) == {"quarter"}
+    torch.testing.assert_close(sq.sq_norms["quarter"], relation_sq_norms(want[..., ::4, ::4]), rtol=0, atol=0)
+    with pytest.raises(SrpkdError, match="not aligned to tap 'quarter'"):
+        view.crop(6, 12, 16)
+
+
+def test_progressive_resolution_trains_on_aligned_squares_first_then_whole_crops(tmp_path):
+    """optim.progressive_crop 16 for half of 4 steps on 32 px crops: the student sees 16 px squares in steps 0-1,
+    each at a multiple of the teacher's coarsest stride (4) and with the teacher's cached view of that square,
+    then the whole 32 px crops; the held-out figures stay on whole images."""
+    teacher = tiny_teacher(tmp_path / "t.safetensors")
+    tr = _trainer(tmp_path, teacher, "optim.progressive_crop=16", "optim.progressive_until=0.5", "optim.steps=4",
+                  "loss.srp=1000", "loss.perc=0")
+    seen, kd_inputs = [], []
+    tr.G.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape[-2:])) if m.training else None)
+    real_kd = tr.task.student.kd.forward
+    tr.task.student.kd.forward = lambda s, sf, t, tf, n=None: kd_inputs.append((s, t, n)) or real_kd(s, sf, t, tf, n)
+    tr.run()
+    assert seen == [(16, 16), (16, 16), (32, 32), (32, 32)]
+    assert [tuple(t.shape[-2:]) for _, t, _ in kd_inputs] == seen
+    _, t, norms = kd_inputs[0]
+    assert norms["encoder"].shape[-1] == 4 * 4  # the square's 4x4 encoder positions, not the crop's 8x8
+    # the teacher's square is one of the aligned squares of a cached training image
+    cached = tr.task.student.teacher.cache["out"]
+    assert any(torch.equal(t[0], cached[i, :, a:a + 16, b:b + 16])
+               for i in range(len(cached)) for a in range(0, 17, 4) for b in range(0, 17, 4))
+    with pytest.raises(SrpkdError, match="not unpaired"):
+        load_config("main", ["task=unpaired", "optim.progressive_crop=64"])
+
+
+@pytest.mark.parametrize("extra, line", [
+    (["optim.progressive_crop=18"], "optim.progressive_crop is 18, but"),
+    (["optim.progressive_crop=8", "loss.perc=0"], "optim.progressive_crop is 8, too small for"),
+    (["optim.progressive_crop=24", "loss.perc=1"], "optim.progressive_crop is 24, too small for perceptual KD"),
+])
+def test_progressive_squares_that_do_not_suit_the_networks_are_one_line(tmp_path, capsys, extra, line):
+    teacher = tiny_teacher(tmp_path / "t.safetensors")
+    rc = main(["distill", "--teacher", str(teacher), "--size", "64", "--steps", "1", "--out-dir", str(tmp_path),
+               *[a for e in extra for a in ("--set", e)], "--set", "student.ngf=4", "--set", "data.max_images=4",
+               "--quiet"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 2 and len(err) == 1 and line in err[0], err

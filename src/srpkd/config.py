@@ -126,6 +126,8 @@ class OptimConfig:
     schedule: str = "linear"  # linear (pix2pix/CycleGAN) | cosine (warm-up, then half cosine to 0)
     warmup: float = 0.0  # fraction of the steps with a linear lr warm-up
     time: float = 0.0  # seconds of run time to train for (srpkd distill --time 10m); the steps are planned from it
+    progressive_crop: int = 0  # progressive resolution: train on one random square of this many px per batch ...
+    progressive_until: float = 0.3  # ... for this fraction of the steps, then on whole crops (0 px: off)
 
 
 @dataclass
@@ -376,6 +378,11 @@ def validate(cfg: Config) -> None:
     need(cfg.optim.steps > 0 or cfg.optim.epochs > 0 or cfg.optim.time > 0,
          "set optim.steps, optim.epochs or optim.time to a positive number")
     need(cfg.optim.time >= 0, "optim.time must not be negative")
+    need(cfg.optim.progressive_crop >= 0, "optim.progressive_crop must not be negative")
+    need(0.0 <= cfg.optim.progressive_until <= 1.0,
+         f"optim.progressive_until must be in [0, 1], got {cfg.optim.progressive_until}")
+    need(cfg.optim.progressive_crop == 0 or cfg.task != "unpaired",
+         "optim.progressive_crop works for the paired and teacher_only tasks, not unpaired (set it to 0)")
     need(cfg.optim.schedule in SCHEDULES, f"optim.schedule must be one of {', '.join(SCHEDULES)}, "
                                          f"got {short_repr(cfg.optim.schedule)}")
     for name, value in (("optim.warmup", cfg.optim.warmup), ("loss.gan_start", cfg.loss.gan_start)):

@@ -44,6 +44,21 @@ class TeacherOutput(NamedTuple):
     feats: dict[str, torch.Tensor]  # features by tap name
     sq_norms: dict[str, torch.Tensor]  # relation row norms by tap (``norm_taps``), only when read from the cache
 
+    def crop(self, top: int, left: int, size: int) -> TeacherOutput:
+        """The view of the ``size`` x ``size`` square at (``top``, ``left``) of the images: each tap's features
+        cropped at its own scale (the square's corners and size must be multiples of every tap's stride), the
+        relation row norms recomputed for the square's positions."""
+        h = self.out.shape[-2]
+        feats = {}
+        for k, f in self.feats.items():
+            s = h // f.shape[-2]
+            if top % s or left % s or size % s:
+                raise SrpkdError(f"internal: a {size} px square at ({top}, {left}) is not aligned to tap {k!r}'s "
+                                 f"stride {s}")
+            feats[k] = f[..., top // s:(top + size) // s, left // s:(left + size) // s]
+        sq_norms = {k: relation_sq_norms(feats[k]) for k in self.sq_norms}
+        return TeacherOutput(self.out[..., top:top + size, left:left + size], feats, sq_norms)
+
 
 def freeze(model: nn.Module) -> nn.Module:
     model.eval()

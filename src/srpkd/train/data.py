@@ -190,6 +190,17 @@ def check_train_sizes(ds: Dataset, batch_size: int, multiple: int, arch: str,
                 )
 
 
+def check_square(size: int, multiple: int, arch: str, minimum: tuple[int, str] = (1, ""),
+                 *more: tuple[int, str]) -> None:
+    """The squares of progressive resolution (``optim.progressive_crop``) must suit the networks and the losses
+    as a training image must (:func:`check_train_sizes`)."""
+    if size % multiple:
+        raise SrpkdError(f"optim.progressive_crop is {size}, but {arch} needs sizes divisible by {multiple}")
+    for smallest, needs in (minimum, *more):
+        if size < smallest:
+            raise SrpkdError(f"optim.progressive_crop is {size}, too small for {needs}: it needs at least {smallest}")
+
+
 def eval_batch(eval_set: SeededDataset, n: int, multiple: int, arch: str, minimum: tuple[int, str] = (1, "")) -> dict:
     """The first ``n`` held-out items of one usable size (divisible by ``multiple``, at least ``minimum[0]``),
     as one batch."""

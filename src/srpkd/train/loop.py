@@ -32,8 +32,8 @@ from ..files import write_json
 from ..metrics.latency import RUNTIMES, profile_model
 from ..models.sizes import describe, min_input_size
 from . import caches, dist
-from .data import (SeededDataset, batches_per_epoch, check_train_sizes, eval_batch, is_deterministic, iterate,
-                   run_dataset)
+from .data import (SeededDataset, batches_per_epoch, check_square, check_train_sizes, eval_batch, is_deterministic,
+                   iterate, run_dataset)
 from .budget import TimeBudget
 from .runlog import RunLog, make_run_dir, truncate_log
 from .schedule import Schedule
@@ -173,6 +173,8 @@ class Trainer:
         perc = any(d.kd is not None and d.kd.active("perc") for d in self.task.directions)
         more = [(32, "perceptual KD (loss.perc, ST-LPIPS; loss.perc=0 turns it off)")] if perc else []
         check_train_sizes(self.train_set, self.cfg.optim.batch_size, multiple, arch, minimum, *more)
+        if self.cfg.optim.progressive_crop:
+            check_square(self.cfg.optim.progressive_crop, multiple, arch, minimum, *more)
         val = (eval_batch(self.val_set, self.cfg.eval_images, multiple, arch, minimum)
                if self.val_set is not None else None)
         return eval_batch(self.eval_set, self.cfg.eval_images, multiple, arch, minimum), val
@@ -300,6 +302,8 @@ class Trainer:
             epoch, batch = next(it)
             lr = self.sched.apply(list(self.task.optimizers.values()), self.step)
             self.task.gan_on = self.step >= cfg.loss.gan_start * self.total_steps
+            early = self.step < cfg.optim.progressive_until * self.total_steps
+            self.task.train_crop = cfg.optim.progressive_crop if early else 0
             self.runlog.add(self.train_step(batch, self.step))
             self.step += 1
             self._replan()

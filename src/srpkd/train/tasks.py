@@ -35,6 +35,7 @@ import torch.nn as nn
 
 from ..config import Config, LossConfig, check_task_data
 from ..errors import SrpkdError
+from ..distill import TeacherOutput
 from ..losses import GANLoss, ImagePool
 from . import dist
 from .direction import Direction, attach_teacher, new_discriminator, new_generator
@@ -65,6 +66,7 @@ class Task:
         self.cfg, self.device = cfg, device
         self.use_gan = cfg.loss.gan > 0
         self.gan_on = True  # the loop turns the GAN term off during a KD-only warm-up (loss.gan_start)
+        self.train_crop = 0  # the loop sets optim.progressive_crop here for the first steps (progressive resolution)
         self.directions = self._build_directions(distill)
         self.student = self.directions[0]
         self.adapters = nn.ModuleDict(
@@ -145,6 +147,22 @@ class Task:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
+    def square(self, x: torch.Tensor, y: torch.Tensor | None, t: TeacherOutput | None
+               ) -> tuple[torch.Tensor, torch.Tensor | None, TeacherOutput | None]:
+        """Progressive resolution: one random ``train_crop`` square of the inputs, the targets and the teacher's
+        view, at a multiple of the teacher's coarsest tap stride, so that the square's features are the cropped
+        ones; drawn from torch's global generator (a resumed run draws the same). Unchanged when off."""
+        size = self.train_crop
+        h, w = x.shape[-2:]
+        if not size or size >= min(h, w):
+            return x, y, t
+        a = max([1] + [h // f.shape[-2] for f in t.feats.values()]) if t is not None else 1
+        top = a * int(torch.randint(0, (h - size) // a + 1, ()))
+        left = a * int(torch.randint(0, (w - size) // a + 1, ()))
+        x = x[..., top:top + size, left:left + size]
+        y = y[..., top:top + size, left:left + size] if y is not None else None
+        return x, y, (t.crop(top, left, size) if t is not None else None)
+
     def step(self, batch: dict, backward: Backward) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
@@ -163,6 +181,7 @@ class Pix2PixTask(Task):
         x = self.to_device(batch["A"])
         y = self.target(batch)
         t = d.teacher_out(x, batch)
+        x, y, t = self.square(x, y, t)
         set_requires_grad([d.D], False)
         with self.autocast():
             s_out, s_feats = d.generate(x)
