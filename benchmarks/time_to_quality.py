@@ -77,6 +77,8 @@ RECIPES: dict[str, dict] = {
     "perc_colour": {"loss.perc": 1.0, "loss.colour": 10.0},
     # ... and progressive resolution (64 px squares for the first 30% of the steps, issue 13's candidate)
     "perc_prog": {"loss.perc": 1.0, "optim.progressive_crop": 64, "optim.progressive_until": 0.3},
+    # ... and the student derived from the teacher (kept channels, least-squares refit, issue 13's candidate)
+    "perc_derive": {"loss.perc": 1.0, "student.derive": "ls"},
     "gan_all": {"loss.gan_start": 0.0},  # no KD-only warm-up
     "no_srp": {"loss.srp": 0.0},  # without the paper's relation term
     "plain_resnet": {"student.arch": "resnet_9blocks"},  # the paper's student, same recipe

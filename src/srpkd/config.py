@@ -51,6 +51,8 @@ class GeneratorConfig:
     dropout: float = 0.0
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra constructor arguments (e.g. encoder_level)
     init: str | None = None  # srpkd checkpoint to start from; None = N(0, 0.02) init
+    derive: str = "none"  # ls: start from the teacher (kept channels, least-squares refit; srpkd.distill.derive)
+    derive_images: int = 32  # ... fitted on this many training images, evenly spread over the set
 
 
 @dataclass
@@ -410,6 +412,11 @@ def validate(cfg: Config) -> None:
     need(cfg.name is None or is_plain_name(cfg.name),
          f"name {short_repr(cfg.name)} must be a plain folder name (no '/', not '.' or '..'): a run stays in out_dir")
     need(cfg.data.num_workers >= 0, "data.num_workers must not be negative")
+    need(cfg.student.derive in ("none", "ls"),
+         f"student.derive must be none or ls, got {short_repr(cfg.student.derive)}")
+    need(cfg.student.derive_images > 0, "student.derive_images must be positive")
+    need(cfg.student.derive == "none" or not cfg.student.init,
+         "student.derive and student.init both set the student's start; set one of them")
     need(cfg.data.max_images is None or cfg.data.max_images > 0, "data.max_images must be positive")
 
 

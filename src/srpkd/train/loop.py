@@ -27,6 +27,7 @@ import torch
 from .. import devices, run_folder
 from ..checkpoint import save_generator
 from ..config import Config, save_config
+from ..distill import check_derivable, derive_student
 from ..errors import SrpkdError
 from ..files import write_json
 from ..metrics.latency import RUNTIMES, profile_model
@@ -102,6 +103,11 @@ class Trainer:
         self._build_data()
         self.task = build_task(cfg, self.device, distill)
         self.eval_batch, val_batch = self._check_sizes()
+        if cfg.student.derive != "none":
+            if self.teacher is None:
+                raise SrpkdError("student.derive ls starts the student from its teacher: srpkd distill with a "
+                                 "teacher.checkpoint")
+            check_derivable(self.teacher.generator, self.G)
         # the best checkpoint is chosen on data.val_split when there is one, and the run's figures are then
         # reported on the test split (self.test); without one, both are the test split, as before
         self.validation = Validation(self.task, val_batch if val_batch is not None else self.eval_batch)
@@ -261,6 +267,17 @@ class Trainer:
                               self.run_dir, self.step if self.resume else 0, self.cfg.optim.batch_size, self.cfg.seed,
                               self.rank, self.world)
 
+    def derive(self) -> str:
+        """``student.derive ls``: the student's start from its teacher (:mod:`srpkd.distill.derive`), on training
+        images evenly spread over the set; the same on every rank, and broadcast all the same. Returns a log line."""
+        t0 = time.time()
+        n = min(self.cfg.student.derive_images, len(self.data))
+        x = torch.stack([self.data[(0, int(i))]["A"] for i in torch.linspace(0, len(self.data) - 1, n).round()])
+        fit = derive_student(self.teacher.generator, self.G, x.to(self.device))
+        dist.broadcast_module(self.G)
+        return (f"student derived from the teacher on {n} training images in {time.time() - t0:.1f} s: PSNR to the "
+                f"teacher there {fit['psnr_after']:.2f} dB (its random start: {fit['psnr_before']:.2f} dB)")
+
     def run(self) -> dict[str, Any]:
         self._t0 = time.time()
         if self.main:
@@ -268,6 +285,10 @@ class Trainer:
         self.cache_line = self.prepare_cache()
         if self.main:
             log.info(self.cache_line)
+        if self.cfg.student.derive != "none" and not self.resume:
+            line = self.derive()
+            if self.main:
+                log.info(line)
             if self.val_missing:
                 log.warning(self.val_missing)
         old_handlers = self._install_signals()
