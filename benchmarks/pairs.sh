@@ -6,17 +6,19 @@
 #   bash benchmarks/pairs.sh BASE CANDIDATE [CANDIDATE ...]      e.g. perc perc_derive perc_colour
 #
 # Records: benchmarks/results/time_to_quality/main_pairs/runs/, the base's named <base>_preset_seed0_vs_<candidate>.
-# A finished pair is skipped; a stopped one runs again. Seed: SEED (default 0).
+# A finished pair is skipped; a stopped one runs again. Seed: SEED (default 0). KEEP, OUT: the records' and the
+# runs' folders; TTQ_ARGS: more arguments of time_to_quality.py (the tests pass --quick --time 4).
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH=src OMP_WAIT_POLICY=PASSIVE
 PY=${PYTHON:-.venv/bin/python}
 SEED=${SEED:-0}
-KEEP=benchmarks/results/time_to_quality/main_pairs/runs
-OUT=runs/ttq_pairs
+KEEP=${KEEP:-benchmarks/results/time_to_quality/main_pairs/runs}
+OUT=${OUT:-runs/ttq_pairs}
+LOGS=${LOGS:-runs/logs}
 base=$1
 shift
-mkdir -p runs/logs "$KEEP"
+mkdir -p "$LOGS" "$KEEP"
 for cand in "$@"; do
     done_base=$KEEP/${base}_preset_seed${SEED}_vs_${cand}.json
     if [ -e "$done_base" ] && [ -e "$KEEP/${cand}_preset_seed${SEED}.json" ]; then
@@ -25,15 +27,15 @@ for cand in "$@"; do
     fi
     echo "[pairs $(date +%H:%M:%S)] $base against $cand, seed $SEED"
     rm -rf "$OUT/main/${base}_preset_seed${SEED}" "$KEEP/${base}_preset_seed${SEED}.json"
-    T="benchmarks/time_to_quality.py main --threads 1 --seeds $SEED --out $OUT --keep $KEEP"
+    T="benchmarks/time_to_quality.py main --threads 1 --seeds $SEED --out $OUT --keep $KEEP ${TTQ_ARGS:-}"
     # shellcheck disable=SC2086  # T is a word list
-    $PY $T --recipes "$base" > "runs/logs/pair_${base}_vs_${cand}.log" 2>&1 &
+    $PY $T --recipes "$base" > "$LOGS/pair_${base}_vs_${cand}.log" 2>&1 &
     a=$!
     # shellcheck disable=SC2086
-    $PY $T --recipes "$cand" > "runs/logs/pair_${cand}.log" 2>&1 &
+    $PY $T --recipes "$cand" > "$LOGS/pair_${cand}.log" 2>&1 &
     b=$!
-    wait $a || echo "[pairs] $base failed: runs/logs/pair_${base}_vs_${cand}.log"
-    wait $b || echo "[pairs] $cand failed: runs/logs/pair_${cand}.log"
+    wait $a || echo "[pairs] $base failed: $LOGS/pair_${base}_vs_${cand}.log"
+    wait $b || echo "[pairs] $cand failed: $LOGS/pair_${cand}.log"
     # the base's record belongs to this pair: the next pair runs its own
     mv "$KEEP/${base}_preset_seed${SEED}.json" "$done_base"
     mv "$OUT/main/${base}_preset_seed${SEED}" "$OUT/main/${base}_preset_seed${SEED}_vs_${cand}"

@@ -5,11 +5,14 @@ No timing is asserted (the machines these run on are shared and noisy).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from srpkd.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,6 +113,34 @@ def test_time_to_quality_quick_is_resumable(tmp_path):
     assert proc.returncode == 0 and "srpkd distill" not in proc.stdout + proc.stderr
     assert "restored " in proc.stdout + proc.stderr
     assert json.loads((tmp_path / "fresh" / "main" / "results.json").read_text())["runs"] == results["runs"]
+
+
+def test_time_to_quality_recipes_and_students_are_valid_settings_of_the_main_preset():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import time_to_quality as ttq
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    for name, recipe in {**ttq.RECIPES, **ttq.STUDENTS}.items():
+        cfg = load_config("main", [f"{k}={json.dumps(v)}" for k, v in recipe.items()])
+        for key, value in recipe.items():
+            section, field = key.split(".") if "." in key else (None, key)
+            assert getattr(getattr(cfg, section) if section else cfg, field) == value, (name, key)
+
+
+def test_pairs_runs_each_candidate_beside_its_own_base_run(tmp_path):
+    env = dict(os.environ, KEEP=str(tmp_path / "kept"), OUT=str(tmp_path / "out"), LOGS=str(tmp_path / "logs"),
+               TTQ_ARGS="--quick --time 4", PYTHON=sys.executable)
+    cmd = ["bash", str(ROOT / "benchmarks" / "pairs.sh"), "default", "old", "no_gan"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=ROOT, env=env)
+    assert proc.returncode == 0 and "failed" not in proc.stdout, proc.stdout + proc.stderr
+    kept = sorted(p.name for p in (tmp_path / "kept").iterdir())
+    assert kept == ["default_preset_seed0_vs_no_gan.json", "default_preset_seed0_vs_old.json",
+                    "no_gan_preset_seed0.json", "old_preset_seed0.json"]
+    first = json.loads((tmp_path / "kept" / "default_preset_seed0_vs_old.json").read_text())
+    assert first["recipe"] == "default" and first["threads"] == 1 and first["steps"] > 0
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert proc.returncode == 0 and proc.stdout.count("skip default against") == 2, proc.stdout
 
 
 def test_step_speedup_quick_against_the_baseline_commit():
