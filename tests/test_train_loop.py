@@ -1,6 +1,7 @@
 """srpkd train / distill: every task mode end to end on tiny data, CLI errors, NaN handling, signals."""
 from __future__ import annotations
 
+import logging
 import os
 import signal
 
@@ -187,3 +188,13 @@ def test_speed_settings_and_time_limit(tmp_path, capsys):
     assert steps == [1] and all(torch.isfinite(torch.tensor(r["loss/kd"])) for r in log if "loss/kd" in r)
     assert (tmp_path / "b" / "student.safetensors").is_file()
     assert "finished 1 steps (time_limit 0.001 s reached: 50 planned)" in capsys.readouterr().out
+
+
+def test_a_missing_validation_split_is_said_once_training_starts(tmp_path, caplog):
+    teacher = tiny_teacher(tmp_path / "t.safetensors")
+    caplog.set_level(logging.INFO, logger="srpkd")
+    assert main(["distill", "--teacher", str(teacher), "--size", "32", "--steps", "1", "--batch-size", "2",
+                 "--name", "v", "--out-dir", str(tmp_path), "--set", "data.max_images=4",
+                 "--set", "data.val_split=nosuch", *TINY]) == 0
+    said = [r.getMessage() for r in caplog.records if "no validation split" in r.getMessage()]
+    assert len(said) == 1 and "the last student is kept" in said[0], said

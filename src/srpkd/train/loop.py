@@ -285,12 +285,12 @@ class Trainer:
         self.cache_line = self.prepare_cache()
         if self.main:
             log.info(self.cache_line)
+            if self.val_missing:
+                log.warning(self.val_missing)
         if self.cfg.student.derive != "none" and not self.resume:
             line = self.derive()
             if self.main:
                 log.info(line)
-            if self.val_missing:
-                log.warning(self.val_missing)
         old_handlers = self._install_signals()
         start = self.step
         try:
