@@ -9,6 +9,7 @@ from .kd import (
     feature_kd_loss_factorized,
     output_kd_loss,
     perceptual_kd_loss,
+    random_corner,
     random_square,
     similarity_preserving_loss,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "feature_kd_loss_factorized",
     "output_kd_loss",
     "perceptual_kd_loss",
+    "random_corner",
     "random_square",
     "semantic_relation_loss",
     "similarity_preserving_loss",

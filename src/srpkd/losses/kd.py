@@ -51,6 +51,14 @@ def colour_kd_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, pool: i
         return F.l1_loss(s, t)
 
 
+def random_corner(h: int, w: int, sh: int, sw: int, align: int = 1) -> tuple[int, int]:
+    """A random top-left corner of an ``sh`` x ``sw`` window inside ``h`` x ``w``, at multiples of ``align``, drawn
+    from torch's global generator (top first, so that a resumed run draws the same)."""
+    top = align * int(torch.randint(0, (h - sh) // align + 1, ()))
+    left = align * int(torch.randint(0, (w - sw) // align + 1, ()))
+    return top, left
+
+
 def random_square(a: torch.Tensor, b: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The same random ``size`` x ``size`` square of two (N, C, H, W) batches, drawn from torch's global generator
     (so a resumed run draws the same squares); the whole images when ``size`` is 0 or not smaller than them."""
@@ -58,8 +66,7 @@ def random_square(a: torch.Tensor, b: torch.Tensor, size: int) -> tuple[torch.Te
     if size <= 0 or (size >= h and size >= w):
         return a, b
     sh, sw = min(size, h), min(size, w)
-    top = int(torch.randint(0, h - sh + 1, ()))
-    left = int(torch.randint(0, w - sw + 1, ()))
+    top, left = random_corner(h, w, sh, sw)
     return a[..., top:top + sh, left:left + sw], b[..., top:top + sh, left:left + sw]
 
 

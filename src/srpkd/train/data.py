@@ -169,6 +169,11 @@ def _output_sizes(ds: Dataset) -> list[tuple[str, tuple[int, int]]]:
     return [("the training images", (int(w), int(h)))]
 
 
+def _first_unmet(side: int, needs: tuple[tuple[int, str], ...]) -> tuple[int, str] | None:
+    """The first (smallest side, who needs it) of ``needs`` that ``side`` px falls short of; None when it suits all."""
+    return next(((smallest, who) for smallest, who in needs if side < smallest), None)
+
+
 def check_train_sizes(ds: Dataset, batch_size: int, multiple: int, arch: str,
                       minimum: tuple[int, str] = (1, ""), *more: tuple[int, str]) -> None:
     """Batches need one image size; the networks (``arch``) need sizes divisible by ``multiple``, and at least
@@ -182,12 +187,13 @@ def check_train_sizes(ds: Dataset, batch_size: int, multiple: int, arch: str,
                 f"{path} gives {w}x{h} training images, but {arch} needs sizes divisible by {multiple} "
                 f"(set --size / data.crop_size to a multiple of {multiple}, or a resizing preprocess)"
             )
-        for smallest, needs in (minimum, *more):
-            if min(w, h) < smallest:
-                raise SrpkdError(
-                    f"{path} gives {w}x{h} training images, too small for {needs}: it needs at least "
-                    f"{smallest}x{smallest} (set --size / data.crop_size to {smallest} or more)"
-                )
+        short = _first_unmet(min(w, h), (minimum, *more))
+        if short:
+            smallest, needs = short
+            raise SrpkdError(
+                f"{path} gives {w}x{h} training images, too small for {needs}: it needs at least "
+                f"{smallest}x{smallest} (set --size / data.crop_size to {smallest} or more)"
+            )
 
 
 def check_square(size: int, multiple: int, arch: str, minimum: tuple[int, str] = (1, ""),
@@ -196,9 +202,9 @@ def check_square(size: int, multiple: int, arch: str, minimum: tuple[int, str] =
     as a training image must (:func:`check_train_sizes`)."""
     if size % multiple:
         raise SrpkdError(f"optim.progressive_crop is {size}, but {arch} needs sizes divisible by {multiple}")
-    for smallest, needs in (minimum, *more):
-        if size < smallest:
-            raise SrpkdError(f"optim.progressive_crop is {size}, too small for {needs}: it needs at least {smallest}")
+    short = _first_unmet(size, (minimum, *more))
+    if short:
+        raise SrpkdError(f"optim.progressive_crop is {size}, too small for {short[1]}: it needs at least {short[0]}")
 
 
 def eval_batch(eval_set: SeededDataset, n: int, multiple: int, arch: str, minimum: tuple[int, str] = (1, "")) -> dict:

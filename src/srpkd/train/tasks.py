@@ -36,7 +36,7 @@ import torch.nn as nn
 from ..config import Config, LossConfig, check_task_data
 from ..errors import SrpkdError
 from ..distill import TeacherOutput
-from ..losses import GANLoss, ImagePool
+from ..losses import GANLoss, ImagePool, random_corner
 from . import dist
 from .direction import Direction, attach_teacher, new_discriminator, new_generator
 
@@ -156,9 +156,8 @@ class Task:
         h, w = x.shape[-2:]
         if not size or size >= min(h, w):
             return x, y, t
-        a = max([1] + [h // f.shape[-2] for f in t.feats.values()]) if t is not None else 1
-        top = a * int(torch.randint(0, (h - size) // a + 1, ()))
-        left = a * int(torch.randint(0, (w - size) // a + 1, ()))
+        align = max([1] + [h // f.shape[-2] for f in t.feats.values()]) if t is not None else 1
+        top, left = random_corner(h, w, size, size, align)
         x = x[..., top:top + size, left:left + size]
         y = y[..., top:top + size, left:left + size] if y is not None else None
         return x, y, (t.crop(top, left, size) if t is not None else None)
