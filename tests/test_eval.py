@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import yaml
 
+from conftest import write_image
 from srpkd.checkpoint import save_generator
 from srpkd.cli.main import main
 from srpkd.metrics.evaluate import Scorer, evaluate_generator, score_folders
@@ -67,6 +68,36 @@ def test_student_equal_to_teacher_has_perfect_fidelity(aligned_dir, scorer):
     assert "student" not in r  # teacher_only: no real reference
 
 
+def test_teacher_outputs_are_cached_by_weights_and_inputs(aligned_dir, scorer):
+    # the teacher's outputs and features are the same for every student scored against it: a second student
+    # reuses them (no teacher forward pass) with bit-identical figures; new weights or a new input recompute them
+    scorer.perceptual = True
+    teacher = tiny(8, 1)
+    calls = []
+    teacher.register_forward_hook(lambda *args: calls.append(1))
+    kw = dict(task="paired", mode="aligned", root=aligned_dir, size=32, teacher=teacher, scorer=scorer)
+    first = evaluate_generator(tiny(4, 0), **kw)
+    cold = len(calls)
+    assert cold > 0 and not first["teacher_cached"]
+    second = evaluate_generator(tiny(4, 2), **kw)
+    assert len(calls) == cold and second["teacher_cached"]
+    assert second["teacher"] == first["teacher"] and second["copy"] == first["copy"]
+    uncached = evaluate_generator(tiny(4, 2), **{**kw, "scorer": dataclasses.replace(
+        scorer, cache=FeatureCache(scorer.cache.root, enabled=False))})
+    assert len(calls) == 2 * cold and not uncached["teacher_cached"]
+    assert uncached["fidelity"] == second["fidelity"] and uncached["student"] == second["student"]
+
+    with torch.no_grad():
+        next(teacher.parameters()).add_(0.5)
+    retrained = evaluate_generator(tiny(4, 0), **kw)
+    assert len(calls) == 3 * cold and not retrained["teacher_cached"]
+    assert retrained["fidelity"]["l1"] != first["fidelity"]["l1"]
+    assert evaluate_generator(tiny(4, 0), **kw)["teacher_cached"] and len(calls) == 3 * cold
+
+    write_image(aligned_dir / "test" / "1.jpg", 64, 32, seed=7)  # the same file name, other pixels
+    assert not evaluate_generator(tiny(4, 0), **kw)["teacher_cached"] and len(calls) == 4 * cold
+
+
 def test_unpaired_reference_is_target_train_plus_test(unaligned_dir, scorer):
     r = evaluate_generator(tiny(), task="unpaired", mode="unaligned", root=unaligned_dir, size=32, scorer=scorer)
     assert r["n_images"] == 2  # testA
@@ -120,7 +151,6 @@ def test_cli_eval_unpaired_run_scores_both_directions(tmp_path, unaligned_dir, s
 
 
 def test_score_folders_identical_is_zero_and_paired_by_name(tmp_path, scorer):
-    from conftest import write_image
 
     for i in range(4):
         write_image(tmp_path / "real" / f"{i}.png", 32, 32, seed=i)

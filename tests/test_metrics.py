@@ -155,6 +155,18 @@ def test_feature_cache_roundtrip_and_damaged_entry(tmp_path):
     assert not hit and len(calls) == 2
 
 
+def test_cache_entry_of_named_tensors_checks_every_shape(tmp_path, caplog):
+    cache = F.FeatureCache(tmp_path)
+    outs, feats = torch.rand(3, 3, 8, 8), torch.randn(3, 5)
+    cache.put_tensors("t", {"outputs": outs, "features": feats})
+    got = cache.get_tensors("t", {"outputs": (3, None, None, None), "features": (3, None)})
+    assert torch.equal(got["outputs"], outs) and torch.equal(got["features"], feats)
+    assert cache.get_tensors("t", {"outputs": (4, None, None, None), "features": (4, None)}) is None  # other set
+    assert cache.get_tensors("t", {"outputs": (3, None, None), "missing": (3,)}) is None
+    assert "damaged feature cache entry" in caplog.text
+    assert F.FeatureCache(tmp_path, enabled=False).get_tensors("t", {"features": (3, None)}) is None
+
+
 def test_cache_dir_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("SRPKD_CACHE", str(tmp_path))
     assert F.cache_dir() == tmp_path

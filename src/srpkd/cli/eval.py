@@ -39,7 +39,8 @@ def register(sub) -> None:
     p.add_argument("--max-images", type=int, help="use at most N test images")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--no-perceptual", action="store_true", help="skip ST-LPIPS")
-    p.add_argument("--no-cache", action="store_true", help="do not read or write cached real-image features")
+    p.add_argument("--no-cache", action="store_true",
+                   help="do not read or write cached real-image features and teacher outputs")
     p.add_argument("--segmenter", metavar="MODEL",
                    help="FCN-score: a segmentation network (ONNX or TorchScript) mapping photos to the classes of "
                         "the label maps")

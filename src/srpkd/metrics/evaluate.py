@@ -28,6 +28,8 @@ Inception resize. Features of real sets are cached by content hash.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import os
 import time
@@ -115,6 +117,26 @@ class Scorer:
             return extract_features(self.extractor, _progress(batches, label, self.progress, n), self.device)
 
         return self.cache.features(ckey, compute, {**info, "preprocessing": desc, "extractor": self.extractor_id})
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 over a network's architecture record and every tensor of its state (names, dtypes, shapes, bytes)."""
+    h = hashlib.sha256()
+    record = {"arch": getattr(model, "arch", type(model).__name__), "kwargs": getattr(model, "arch_kwargs", None)}
+    h.update(json.dumps(record, sort_keys=True, default=str).encode())
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"\n{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def teacher_key(teacher: torch.nn.Module, files: Sequence[Path], desc: str, scorer: Scorer,
+                network_mode: str, seed: int) -> str:
+    """The cache key of a teacher's outputs and features on a test set: the teacher's weights, the input files'
+    bytes and preprocessing, and everything that could change an output bit (mode, seed, device, batch)."""
+    run = f"teacher-outputs-1:{model_fingerprint(teacher)}:{network_mode}:{seed}:{scorer.device.type}:{scorer.batch}"
+    return content_key(files, scorer.extractor_id, f"{desc}\n{run}")
 
 
 def _loader(dataset: Dataset, batch: int) -> DataLoader:
@@ -286,24 +308,45 @@ def evaluate_generator(
     if len(dataset) < 2:
         raise SrpkdError(f"the test split has {len(dataset)} image(s); FID and KID need at least 2")
     models = {"student": student.to(scorer.device).eval()}
+    # the teacher's outputs and features on a test set are the same for every student scored against it: cached
+    # with the real-set features, keyed by the teacher's weights and the input files (docs/metrics.md)
+    input_files = getattr(dataset, "files", None)
+    tkey = None
+    cached_teacher = None
     if teacher is not None:
-        models["teacher"] = teacher.to(scorer.device).eval()
+        teacher = teacher.to(scorer.device).eval()
+        if input_files:
+            tkey = teacher_key(teacher, input_files, _data_desc(mode, direction[0], size), scorer, network_mode, seed)
+            n = len(dataset)
+            cached_teacher = scorer.cache.get_tensors(tkey, {"outputs": (n, None, None, None), "features": (n, None)})
+        if cached_teacher is None:
+            models["teacher"] = teacher
     keep_target = has_target or (fcn is not None and mode == "aligned")  # FCN-scores the real photos too
     out = translate(models, dataset, scorer, keep_target=keep_target, network_mode=network_mode, seed=seed)
-    fcn_result = fcn_metrics(out, list(models), fcn) if fcn is not None else None  # before FID: fails fast
+    if cached_teacher is not None:
+        out["teacher"] = cached_teacher["outputs"]
+    names = list(models) + (["teacher"] if cached_teacher is not None else [])
+    fcn_result = fcn_metrics(out, names, fcn) if fcn is not None else None  # before FID: fails fast
     feats = {name: scorer.features(out[name], f"features {name}") for name in models}
+    if cached_teacher is not None:
+        feats["teacher"] = cached_teacher["features"]
+    elif tkey is not None:
+        scorer.cache.put_tensors(tkey, {"outputs": out["teacher"], "features": feats["teacher"]},
+                                 {"teacher_outputs": len(input_files), "size": size, "network_mode": network_mode})
 
     result: dict[str, Any] = {"n_images": len(dataset), "direction": direction, "size": size,
                               "network_mode": network_mode}
     if network_mode == "train":
         result["seed"] = seed
+    if teacher is not None:
+        result["teacher_cached"] = cached_teacher is not None
     if ref is not None:
         ref_ds, key, files, desc, info = ref
         real, cached = scorer.dataset_features(ref_ds, key, files, desc, info)
         result["reference"] = {**info, "cached": cached}
         if real.shape[0] < 2:
             raise SrpkdError(f"the real reference set has {real.shape[0]} image(s); FID needs at least 2")
-        for name in models:
+        for name in names:
             result[name] = distribution_metrics(feats[name], real)
             if has_target:
                 result[name].update(paired_metrics(out[name], out["target"]))

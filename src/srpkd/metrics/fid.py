@@ -128,20 +128,28 @@ def content_key(files: Sequence[str | os.PathLike], extractor_id: str, preproces
     return h.hexdigest()
 
 
-def _feature_problem(feats, rows: int | None) -> str | None:
-    """Why a cached feature tensor cannot be the features of ``rows`` images; None when it can."""
-    if not isinstance(feats, torch.Tensor) or feats.dim() != 2 or not feats.is_floating_point():
-        return f"expected a 2-D float tensor, got {getattr(feats, 'dtype', type(feats).__name__)} " \
-               f"of shape {tuple(getattr(feats, 'shape', ()))}"
-    if feats.shape[0] < 2 or feats.shape[1] < 1 or (rows is not None and feats.shape[0] != rows):
-        return f"shape {tuple(feats.shape)} for {rows if rows is not None else 'at least 2'} images"
-    if not bool(torch.isfinite(feats).all()):
+def _tensor_problem(t, shape: tuple[int | None, ...]) -> str | None:
+    """Why a cached tensor cannot be one of ``shape`` (None: any size on that axis); None when it can."""
+    if not isinstance(t, torch.Tensor) or t.dim() != len(shape) or not t.is_floating_point():
+        return f"expected a {len(shape)}-D float tensor, got {getattr(t, 'dtype', type(t).__name__)} " \
+               f"of shape {tuple(getattr(t, 'shape', ()))}"
+    if any(want is not None and have != want for have, want in zip(t.shape, shape)) or 0 in t.shape:
+        return f"shape {tuple(t.shape)}, expected {tuple('*' if d is None else d for d in shape)}"
+    if not bool(torch.isfinite(t).all()):
         return "values that are not finite"
     return None
 
 
+def _feature_problem(feats, rows: int | None) -> str | None:
+    """Why a cached feature tensor cannot be the features of ``rows`` images; None when it can."""
+    if isinstance(feats, torch.Tensor) and feats.dim() == 2 and feats.shape[0] < 2:
+        return f"shape {tuple(feats.shape)} for {rows if rows is not None else 'at least 2'} images"
+    return _tensor_problem(feats, (rows, None))
+
+
 class FeatureCache:
-    """Features of real image sets, one safetensors file per content key, written atomically."""
+    """Features of image sets (and, for the teacher of an evaluation, its outputs), one safetensors file of
+    named tensors per content key, written atomically."""
 
     def __init__(self, root: str | os.PathLike | None = None, enabled: bool = True):
         self.root = Path(root) if root else cache_dir() / "features"
@@ -150,32 +158,48 @@ class FeatureCache:
     def path(self, key: str) -> Path:
         return self.root / f"{key}.safetensors"
 
-    def get(self, key: str, rows: int | None = None) -> torch.Tensor | None:
-        """The cached features of ``key`` (``rows`` of them when given), or None; a damaged entry (unreadable,
-        or a valid file of the wrong shape, dtype or values) is reported on the log and treated as missing."""
+    def get_tensors(self, key: str, shapes: dict[str, tuple[int | None, ...]]) -> dict[str, torch.Tensor] | None:
+        """The cached tensors of ``key``, each of its shape in ``shapes``, or None; a damaged entry (unreadable,
+        or a valid file with a missing tensor or one of the wrong shape, dtype or values) is reported on the log
+        and treated as missing."""
         if not self.enabled:
             return None
         path = self.path(key)
         if not path.is_file():
             return None
         try:
-            feats = load_file(str(path))["features"]
-            problem = _feature_problem(feats, rows)
+            stored = load_file(str(path))
+            problem = next((f"{name}: {p}" for name, shape in shapes.items()
+                            if (p := _tensor_problem(stored.get(name), shape))), None)
         except Exception as e:  # noqa: BLE001 - a damaged cache entry is recomputed, never fatal
             problem = first_line(e)
         if problem:
             log.warning(f"srpkd: ignoring the damaged feature cache entry {path} ({problem}); recomputing")
             return None
-        return feats
+        return {name: stored[name] for name in shapes}
 
-    def put(self, key: str, feats: torch.Tensor, info: dict | None = None) -> None:
+    def put_tensors(self, key: str, tensors: dict[str, torch.Tensor], info: dict | None = None) -> None:
         if not self.enabled:
             return
         try:
             with atomic_path(self.path(key)) as tmp:
-                save_file({"features": feats.float().contiguous()}, str(tmp), metadata={"info": json.dumps(info or {})})
+                save_file({name: t.float().contiguous() for name, t in tensors.items()}, str(tmp),
+                          metadata={"info": json.dumps(info or {})})
         except SrpkdError as e:  # an unwritable cache only costs time
             log.warning(f"srpkd: feature cache not written ({e})")
+
+    def get(self, key: str, rows: int | None = None) -> torch.Tensor | None:
+        """The cached features of ``key`` (``rows`` of them when given, at least 2), or None (see get_tensors)."""
+        hit = self.get_tensors(key, {"features": (rows, None)})
+        if hit is None:
+            return None
+        if (problem := _feature_problem(hit["features"], rows)) is not None:
+            log.warning(f"srpkd: ignoring the damaged feature cache entry {self.path(key)} ({problem}); recomputing")
+            return None
+        return hit["features"]
+
+    def put(self, key: str, feats: torch.Tensor, info: dict | None = None) -> None:
+        self.put_tensors(key, {"features": feats}, info)
 
     def features(
         self, key: str, compute: Callable[[], torch.Tensor], info: dict | None = None
