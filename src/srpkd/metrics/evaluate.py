@@ -315,7 +315,7 @@ def evaluate_generator(
     cached_teacher = None
     if teacher is not None:
         teacher = teacher.to(scorer.device).eval()
-        if input_files:
+        if input_files and scorer.cache.enabled:
             tkey = teacher_key(teacher, input_files, _data_desc(mode, direction[0], size), scorer, network_mode, seed)
             n = len(dataset)
             cached_teacher = scorer.cache.get_tensors(tkey, {"outputs": (n, None, None, None), "features": (n, None)})
@@ -325,7 +325,7 @@ def evaluate_generator(
     out = translate(models, dataset, scorer, keep_target=keep_target, network_mode=network_mode, seed=seed)
     if cached_teacher is not None:
         out["teacher"] = cached_teacher["outputs"]
-    names = list(models) + (["teacher"] if cached_teacher is not None else [])
+    names = ["student"] + (["teacher"] if teacher is not None else [])  # computed now or read from the cache
     fcn_result = fcn_metrics(out, names, fcn) if fcn is not None else None  # before FID: fails fast
     feats = {name: scorer.features(out[name], f"features {name}") for name in models}
     if cached_teacher is not None:

@@ -128,23 +128,19 @@ def content_key(files: Sequence[str | os.PathLike], extractor_id: str, preproces
     return h.hexdigest()
 
 
-def _tensor_problem(t, shape: tuple[int | None, ...]) -> str | None:
-    """Why a cached tensor cannot be one of ``shape`` (None: any size on that axis); None when it can."""
+def _tensor_problem(t, shape: tuple[int | None, ...], min_rows: int = 1) -> str | None:
+    """Why a cached tensor cannot be one of ``shape`` (None: any size on that axis) with at least ``min_rows`` on
+    its first axis; None when it can."""
     if not isinstance(t, torch.Tensor) or t.dim() != len(shape) or not t.is_floating_point():
         return f"expected a {len(shape)}-D float tensor, got {getattr(t, 'dtype', type(t).__name__)} " \
                f"of shape {tuple(getattr(t, 'shape', ()))}"
-    if any(want is not None and have != want for have, want in zip(t.shape, shape)) or 0 in t.shape:
-        return f"shape {tuple(t.shape)}, expected {tuple('*' if d is None else d for d in shape)}"
+    if any(want is not None and have != want for have, want in zip(t.shape, shape)) or 0 in t.shape \
+            or t.shape[0] < min_rows:
+        return f"shape {tuple(t.shape)}, expected {tuple('*' if d is None else d for d in shape)}" \
+               f"{f' with at least {min_rows} rows' if min_rows > 1 else ''}"
     if not bool(torch.isfinite(t).all()):
         return "values that are not finite"
     return None
-
-
-def _feature_problem(feats, rows: int | None) -> str | None:
-    """Why a cached feature tensor cannot be the features of ``rows`` images; None when it can."""
-    if isinstance(feats, torch.Tensor) and feats.dim() == 2 and feats.shape[0] < 2:
-        return f"shape {tuple(feats.shape)} for {rows if rows is not None else 'at least 2'} images"
-    return _tensor_problem(feats, (rows, None))
 
 
 class FeatureCache:
@@ -158,10 +154,12 @@ class FeatureCache:
     def path(self, key: str) -> Path:
         return self.root / f"{key}.safetensors"
 
-    def get_tensors(self, key: str, shapes: dict[str, tuple[int | None, ...]]) -> dict[str, torch.Tensor] | None:
-        """The cached tensors of ``key``, each of its shape in ``shapes``, or None; a damaged entry (unreadable,
-        or a valid file with a missing tensor or one of the wrong shape, dtype or values) is reported on the log
-        and treated as missing."""
+    def get_tensors(
+        self, key: str, shapes: dict[str, tuple[int | None, ...]], min_rows: int = 1
+    ) -> dict[str, torch.Tensor] | None:
+        """The cached tensors of ``key``, each of its shape in ``shapes`` (and at least ``min_rows`` rows), or None;
+        a damaged entry (unreadable, or a valid file with a missing tensor or one of the wrong shape, dtype or
+        values) is reported on the log and treated as missing."""
         if not self.enabled:
             return None
         path = self.path(key)
@@ -170,7 +168,7 @@ class FeatureCache:
         try:
             stored = load_file(str(path))
             problem = next((f"{name}: {p}" for name, shape in shapes.items()
-                            if (p := _tensor_problem(stored.get(name), shape))), None)
+                            if (p := _tensor_problem(stored.get(name), shape, min_rows))), None)
         except Exception as e:  # noqa: BLE001 - a damaged cache entry is recomputed, never fatal
             problem = first_line(e)
         if problem:
@@ -190,13 +188,8 @@ class FeatureCache:
 
     def get(self, key: str, rows: int | None = None) -> torch.Tensor | None:
         """The cached features of ``key`` (``rows`` of them when given, at least 2), or None (see get_tensors)."""
-        hit = self.get_tensors(key, {"features": (rows, None)})
-        if hit is None:
-            return None
-        if (problem := _feature_problem(hit["features"], rows)) is not None:
-            log.warning(f"srpkd: ignoring the damaged feature cache entry {self.path(key)} ({problem}); recomputing")
-            return None
-        return hit["features"]
+        hit = self.get_tensors(key, {"features": (rows, None)}, min_rows=2)
+        return None if hit is None else hit["features"]
 
     def put(self, key: str, feats: torch.Tensor, info: dict | None = None) -> None:
         self.put_tensors(key, {"features": feats}, info)
