@@ -45,16 +45,18 @@ lane1() {
          "$TTQ --students r16 --seeds 2" \
          "$TTQ --students m16 --seeds 2" \
          "$REP --students m16 --seeds 0 --variants $VARIANTS" \
+         "$REP --students m16 --seeds 2 --variants scratch" \
          "$REP --students r32 --seeds 0 --variants $VARIANTS" \
          "$REP --students r32 --seeds 2 --variants $VARIANTS"
 }
-# lane 2 takes mobile ngf 16's seed 2 (about 20 minutes a run, against about 40 for ngf 32), so that the mobile
-# table is complete first and the two lanes end near each other
+# lane 2 takes mobile ngf 16's seed 2 but its last variant (lane 1 takes that one, after the rest of seed 0), so that
+# the mobile table is complete first, both lanes reaching it at about the same time (20-25 minutes a mobile run, about
+# 40 an ngf 32 run); no run is in both lanes, so two lanes never write one run folder
 lane2() {
     lane "$TTQ --students r16 --seeds 1" \
          "$TTQ --students m16 --seeds 1" \
          "$REP --students m16 --seeds 1 --variants $VARIANTS" \
-         "$REP --students m16 --seeds 2 --variants $VARIANTS" \
+         "$REP --students m16 --seeds 2 --variants kd kd_srp feat feat_srp at sp" \
          "$REP --students r32 --seeds 1 --variants $VARIANTS"
 }
 # bash benchmarks/converged.sh 1 (or 2): that lane alone, without the tables (to restart one lane)
