@@ -162,3 +162,38 @@ def test_step_speedup_names_a_missing_baseline():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "step_speedup.py"), "--quick",
                            "--baseline", "0123456789abcdef"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("step_speedup.py: error: cannot export commit")
+
+
+def converged_lane_runs(lane: str) -> set[tuple[str, str, str, str]]:
+    """(script, student, seed, variant) of every run one lane of benchmarks/converged.sh starts, listed by a
+    dry run: with PYTHON=echo each command is printed instead of run."""
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "converged.sh"), lane], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT, env=dict(os.environ, PYTHON="echo"))
+    assert proc.returncode == 0, proc.stderr
+    runs = set()
+    for line in proc.stdout.splitlines():
+        if not line.startswith("benchmarks/"):
+            continue
+        words = line.split()
+        opts, key = {}, None
+        for word in words[1:]:
+            if word.startswith("--"):
+                key = word[2:]
+                opts[key] = []
+            elif key:
+                opts[key].append(word)
+        for student in opts["students"]:
+            for seed in opts["seeds"]:
+                for variant in opts.get("variants", opts.get("recipes")):
+                    runs.add((words[0], student, seed, variant))
+    return runs
+
+
+def test_converged_lanes_share_no_run_and_cover_section_6():
+    # two lanes that both started one run would write one run folder from two processes
+    lane1, lane2 = converged_lane_runs("1"), converged_lane_runs("2")
+    assert lane1 and lane2 and not lane1 & lane2, sorted(lane1 & lane2)
+    variants = ["kd", "kd_srp", "feat", "feat_srp", "at", "sp", "scratch"]
+    section6 = {("benchmarks/reproduce.py", student, seed, variant)
+                for student in ("r16", "m16", "r32") for seed in "012" for variant in variants}
+    assert {run for run in lane1 | lane2 if run[0] == "benchmarks/reproduce.py"} == section6
