@@ -8,6 +8,7 @@
 # Records: benchmarks/results/time_to_quality/main_pairs/runs/, the base's named <base>_preset_seed0_vs_<candidate>.
 # A finished pair is skipped; a stopped one runs again. Seed: SEED (default 0). KEEP, OUT: the records' and the
 # runs' folders; TTQ_ARGS: more arguments of time_to_quality.py (the tests pass --quick --time 4).
+# At the end, benchmarks/pairs_report.py tabulates every finished pair of KEEP, seed by seed (results.md beside it).
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH=src OMP_WAIT_POLICY=PASSIVE
@@ -40,3 +41,4 @@ for cand in "$@"; do
     mv "$KEEP/${base}_preset_seed${SEED}.json" "$done_base"
     mv "$OUT/main/${base}_preset_seed${SEED}" "$OUT/main/${base}_preset_seed${SEED}_vs_${cand}"
 done
+$PY benchmarks/pairs_report.py --keep "$KEEP"

@@ -141,6 +141,38 @@ def test_pairs_runs_each_candidate_beside_its_own_base_run(tmp_path):
     assert first["recipe"] == "default" and first["threads"] == 1 and first["steps"] > 0
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
     assert proc.returncode == 0 and proc.stdout.count("skip default against") == 2, proc.stdout
+    # the report beside the records: one row per candidate, its difference to its own pair's base
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["base"], r["candidate"], r["seeds"]) for r in rows] == [("default", "no_gan", [0]),
+                                                                       ("default", "old", [0])]
+    old = json.loads((tmp_path / "kept" / "old_preset_seed0.json").read_text())
+    assert rows[1]["psnr"]["difference"] == [old["psnr"] - first["psnr"]]
+    assert "| old | default | 0 |" in (tmp_path / "results.md").read_text()
+
+
+def test_pairs_report_judges_a_candidate_by_its_differences_to_its_own_base(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import pairs_report
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    # the candidate's two seeds are each 0.3 dB above their own pair's base, though the bases differ by 1 dB
+    # (a slower hour): against the other seed's base it would look worse
+    def record(name: str, psnr: float, stlpips: float) -> None:
+        (tmp_path / f"{name}.json").write_text(json.dumps({"psnr": psnr, "stlpips": stlpips, "steps": 1000}))
+
+    for seed, base_psnr in ((0, 25.0), (1, 24.0)):
+        record(f"perc_preset_seed{seed}_vs_cand", base_psnr, 0.09)
+        record(f"cand_preset_seed{seed}", base_psnr + 0.3, 0.10)
+    (tmp_path / "perc_preset_seed0_vs_unpaired.json").write_text("{}")  # its candidate's record is missing
+    rows = pairs_report.summary(pairs_report.pairs(tmp_path))
+    assert len(rows) == 1 and rows[0]["seeds"] == [0, 1]
+    assert rows[0]["psnr"]["difference"] == pytest.approx([0.3, 0.3]) and rows[0]["psnr"]["verdict"] == "better"
+    assert rows[0]["stlpips"]["verdict"] == "worse"  # higher ST-LPIPS is worse
+    assert pairs_report.verdict([0.2, -0.1, 0.3], +1) == "tie"  # signs differ
+    assert pairs_report.verdict([0.1, 0.5, 0.05], +1) == "tie"  # one sign, but the mean is within the spread
+    assert pairs_report.verdict([-0.2, -0.3], -1) == "better"
+    assert pairs_report.verdict([0.4], +1) == "1 seed"
 
 
 def test_step_speedup_quick_against_the_baseline_commit():
