@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The long runs behind BENCHMARKS.md section 6 ("with the main recipe": the paper's comparison on students
 # trained for the budget the time-to-quality curves call enough) and the 3 seeds of section 7, as two
-# one-thread lanes, one per core. Every command is resumable: a finished run is skipped and a stopped
-# one resumes from its checkpoint (reproduce.py) or starts again (time_to_quality.py), so the script
-# can be stopped at any time and started again later; it ends with the tables of what has finished.
+# one-thread lanes, one per core, then the candidate pairs of section 7 (benchmarks/pairs.sh). Every
+# command is resumable: a finished run is skipped and a stopped one resumes from its checkpoint
+# (reproduce.py) or starts again (time_to_quality.py, pairs.sh), so the script can be stopped at any
+# time and started again later; it writes the tables of what has finished after the lanes.
 #
 #   nohup bash benchmarks/converged.sh > runs/logs/converged.log 2>&1 &
 #   nohup bash benchmarks/converged.sh 1 > runs/logs/lane1.log 2>&1 &   (lane 1 alone; 2: lane 2)
@@ -75,3 +76,9 @@ $PY $REP --students r16 m16 r32 --seeds 0 1 2 --report-only && cp runs/bench/rt1
 $PY benchmarks/time_to_quality.py real_teacher --recipes default fast no_gan --students r16 r32 m16 \
     --seeds 0 1 2 --train-photos 192 400 --report-only --keep $TTQ_KEEP/runs \
     && cp runs/ttq/real_teacher/{results.json,results.md,curves.png} $TTQ_KEEP/
+
+# Last, with nothing else running (they are time-budgeted): the candidate pairs of section 7 (main job) for three
+# seeds, each candidate beside its own run of the preset; finished pairs are skipped (seed 0 has two already)
+for seed in 0 1 2; do
+    SEED=$seed bash benchmarks/pairs.sh perc perc_derive perc_colour perc_prog
+done
