@@ -80,5 +80,5 @@ $PY benchmarks/time_to_quality.py real_teacher --recipes default fast no_gan --s
 # Last, with nothing else running (they are time-budgeted): the candidate pairs of section 7 (main job) for three
 # seeds, each candidate beside its own run of the preset; finished pairs are skipped (seed 0 has two already)
 for seed in 0 1 2; do
-    SEED=$seed bash benchmarks/pairs.sh perc perc_derive perc_colour perc_prog
+    SEED=$seed bash benchmarks/pairs.sh perc perc_derive perc_colour perc_prog perc_gan_all perc_const_lr
 done

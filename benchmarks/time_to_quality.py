@@ -79,6 +79,10 @@ RECIPES: dict[str, dict] = {
     "perc_prog": {"loss.perc": 1.0, "optim.progressive_crop": 64, "optim.progressive_until": 0.3},
     # ... and the student derived from the teacher (kept channels, least-squares refit, issue 13's candidate)
     "perc_derive": {"loss.perc": 1.0, "student.derive": "ls"},
+    # ... and the GAN term from the first step (issue 13's KD-only warm-up, taken away)
+    "perc_gan_all": {"loss.perc": 1.0, "loss.gan_start": 0.0},
+    # ... and a constant learning rate without warm-up (issue 13's warm-up and cosine decay, taken away)
+    "perc_const_lr": {"loss.perc": 1.0, "optim.schedule": "linear", "optim.decay_fraction": 0.0, "optim.warmup": 0.0},
     "gan_all": {"loss.gan_start": 0.0},  # no KD-only warm-up
     "no_srp": {"loss.srp": 0.0},  # without the paper's relation term
     "plain_resnet": {"student.arch": "resnet_9blocks"},  # the paper's student, same recipe
