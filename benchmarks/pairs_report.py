@@ -93,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"pairs_report: no records folder {args.keep}")
     rows = summary(pairs(args.keep))
     (args.keep.parent / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
-    (args.keep.parent / "results.md").write_text(markdown(rows, args.keep))
-    print(markdown(rows, args.keep), end="")
+    table = markdown(rows, args.keep)
+    (args.keep.parent / "results.md").write_text(table)
+    print(table, end="")
     return 0
 
 
