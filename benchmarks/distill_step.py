@@ -54,9 +54,14 @@ import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from srpkd import SrpkdError
+from srpkd.config import load_config
+from srpkd.data.builtin import BuiltinPhotos
 from srpkd.devices import device_name, resolve_device
+from srpkd.train.data import collate, epoch_batches
+from srpkd.train.loop import Trainer
 
 VARIANTS = {
     "scratch": dict(distill=False),
@@ -80,10 +85,6 @@ def progress(msg: str) -> None:
 
 def write_aligned_folder(root: Path, size: int, n: int) -> None:
     """pix2pix pairs A|B (``size`` x ``size`` each) cut from the built-in photos, for the scratch baseline."""
-    from PIL import Image
-
-    from srpkd.data.builtin import BuiltinPhotos
-
     for split, ds in (("train", BuiltinPhotos("train", crop_size=size, length=n, flip=False, fixed=True)),
                       ("test", BuiltinPhotos("test", crop_size=size, length=2))):
         (root / split).mkdir(parents=True)
@@ -98,10 +99,6 @@ class Case:
     """One trainer built from the ``main`` preset, and a few fixed batches to step on."""
 
     def __init__(self, name: str, args, tmp: Path, srp: float | None = None, size: int | None = None) -> None:
-        from srpkd.config import load_config
-        from srpkd.train.data import collate, epoch_batches
-        from srpkd.train.loop import Trainer
-
         spec = VARIANTS[name]
         self.name, self.size = name, size or args.size
         self.batch = args.batch

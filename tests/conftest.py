@@ -11,6 +11,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as srpkd does; before tor
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 # two pytest-xdist workers (make test) share the cores: one thread each; a single process may use two
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
@@ -36,8 +37,6 @@ def shared_data() -> Path:
 
 
 def write_image(path: Path, w: int, h: int, seed: int = 0, mode: str = "RGB") -> Path:
-    from PIL import Image
-
     rng = np.random.default_rng(seed)
     channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
     arr = rng.integers(0, 256, (h, w, channels), dtype=np.uint8)

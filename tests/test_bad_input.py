@@ -19,16 +19,22 @@ import pickle
 import struct
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
+import torch.nn as nn
 
+import srpkd.cli.info as cli_info
+import srpkd.cli.train as cli_train
+import srpkd.train.loop as loop
 from srpkd import SrpkdError, create_generator, load_generator, save_generator
-from srpkd.checkpoint import save_tensors
+from srpkd.checkpoint import load_tensors, save_tensors
 from srpkd.cli.main import main
 
 from conftest import write_image
@@ -116,8 +122,6 @@ def save_file_then_enospc(tensors, filename, metadata=None):
 
 def foreign_pth(path: Path, ngf: int = 4) -> Path:
     """A pytorch-CycleGAN-and-pix2pix ResnetGenerator (9 blocks, InstanceNorm) state_dict, keys and shapes only."""
-    import torch.nn as nn
-
     class Block(nn.Module):
         def __init__(self, dim):
             super().__init__()
@@ -215,16 +219,12 @@ def _(t):
 
 @row("info_checkpoint_without_srpkd_record")
 def _(t):
-    from safetensors.torch import save_file
-
-    save_file({"w": torch.zeros(2)}, str(t / "plain.safetensors"))
+    safetensors.torch.save_file({"w": torch.zeros(2)}, str(t / "plain.safetensors"))
     return Case(["info", str(t / "plain.safetensors")], ["plain.safetensors", "srpkd import"])
 
 
 def _tampered_checkpoint(t, arch: str | None = None, **kwargs) -> Path:
     """A tiny resnet checkpoint whose architecture record claims another arch or other kwargs."""
-    from srpkd.checkpoint import load_tensors
-
     p = tiny_generator(t / "g.safetensors", ngf=4)
     tensors, meta = load_tensors(p)
     meta["arch"] = arch or meta["arch"]
@@ -394,8 +394,6 @@ def _(t):
     old = out.read_bytes()
 
     def setup(mp):
-        import safetensors.torch
-
         mp.setattr(safetensors.torch, "save_file", save_file_then_enospc)
 
     return Case(["import", str(p), str(out), "--overwrite"], [str(out), "No space left"], intact={out: old},
@@ -733,8 +731,6 @@ def _(t):
     seen: dict[str, bytes] = {}
 
     def setup(mp):
-        import safetensors.torch
-
         real = safetensors.torch.save_file
         calls = {"n": 0}
 
@@ -761,8 +757,6 @@ def _non_finite_loss(t, step: int, which: str, term: str, poison, needles: list[
     seen: dict[str, bytes] = {}
 
     def setup(mp):
-        import srpkd.train.loop as loop
-
         real = loop.Trainer._backward_step
 
         def backward_step(self, losses, opt, params, i):
@@ -1117,8 +1111,6 @@ def _(t):
     distill_world(t)
 
     def setup(mp):
-        import srpkd.cli.train as cli_train
-
         def oom(*a, **k):
             raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: "
                                "you tried to allocate 120000000000 bytes")
@@ -1216,11 +1208,8 @@ def _(t):
 @row("info_library_warning_and_colour_codes")
 def _(t):
     """(mock) A library that warns (torch's weights_only advice) and colours its message: one plain line."""
-    import warnings
 
     def setup(mp):
-        import srpkd.cli.info as cli_info
-
         def noisy(path):
             warnings.warn("You are using `torch.load` with `weights_only=False`", FutureWarning, stacklevel=1)
             raise SrpkdError("\x1b[96mexport failed\x1b[0m at\nstep 1/3")

@@ -118,6 +118,7 @@ def test_time_to_quality_quick_is_resumable(tmp_path):
 def test_time_to_quality_recipes_and_students_are_valid_settings_of_the_main_preset():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
+        # local: benchmarks/ is not a package; the script is importable only while it is on sys.path
         import time_to_quality as ttq
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
@@ -153,6 +154,7 @@ def test_pairs_runs_each_candidate_beside_its_own_base_run(tmp_path):
 def test_pairs_report_judges_a_candidate_by_its_differences_to_its_own_base(tmp_path):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
+        # local: benchmarks/ is not a package; the script is importable only while it is on sys.path
         import pairs_report
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))

@@ -40,7 +40,7 @@ import pytest
 import torch
 
 from srpkd import create_generator, save_generator
-from srpkd.checkpoint import load_generator, load_tensors, save_tensors
+from srpkd.checkpoint import _TAG, load_generator, load_tensors, save_tensors
 from srpkd.config import load_config
 
 from conftest import write_image
@@ -349,8 +349,6 @@ def test_atomic_write_keeps_umask_permissions(tmp_path):
 def test_stale_temp_of_a_killed_writer_is_removed(tmp_path):
     """The temp file a SIGKILLed writer leaves is removed by the next atomic write into the folder;
     temps of live processes, other hosts and other programs are kept."""
-    from srpkd.checkpoint import _TAG
-
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     stale = tmp_path / f".last.safetensors.{_TAG}-{dead.pid}.abcd1234.tmp"

@@ -1,4 +1,6 @@
 """Preprocessing, datasets in the pix2pix/CycleGAN layouts, built-in photos, and the real data in ../shared/data."""
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,7 @@ from srpkd.data import (
     build_dataset,
     check_same_size,
     load_image,
+    to_tensor,
 )
 from srpkd.data.builtin import TEST_PHOTOS, TRAIN_PHOTOS, VAL_PHOTOS, load_photo
 
@@ -168,8 +171,6 @@ def test_unaligned_length_pairing_and_direction(unaligned_dir):
 
 
 def test_unaligned_errors(unaligned_dir):
-    import shutil
-
     shutil.rmtree(unaligned_dir / "trainB")
     with pytest.raises(SrpkdError, match=r"has no 'trainB' folder \(CycleGAN layout expected: trainA/ and trainB/"):
         UnalignedDataset(unaligned_dir, "train")
@@ -301,8 +302,6 @@ def test_facades_aligned_counts_and_direction(shared_data):
     # BtoA: the input is the label map (facades_unpaired testB), the target the photo (testA)
     label = load_image(shared_data / "facades_unpaired" / "testB" / "1.jpg")
     photo = load_image(shared_data / "facades_unpaired" / "testA" / "1.jpg")
-    from srpkd.data import to_tensor
-
     assert (item["A"] - to_tensor(label)).abs().mean() < 0.05 < (item["A"] - to_tensor(photo)).abs().mean()
     assert (item["B"] - to_tensor(photo)).abs().mean() < 0.05
 

@@ -6,7 +6,13 @@ import socket
 
 import pytest
 import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
 
+from srpkd.checkpoint import load_tensors
+from srpkd.config import load_config
+from srpkd.train import dist
+from srpkd.train.loop import Trainer
 from train_helpers import tiny_teacher
 
 
@@ -20,12 +26,6 @@ def _worker(rank: int, world: int, port: int, tmp: str, teacher: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from safetensors.torch import save_file
-
-    from srpkd.config import load_config
-    from srpkd.train import dist
-    from srpkd.train.loop import Trainer
-
     cfg = load_config("main", [
         "student.ngf=4", "discriminator.ndf=8", "discriminator.n_layers=2", "data.crop_size=32", "data.max_images=8",
         "data.fixed_crops=false", "optim.batch_size=2", "optim.steps=3", "eval_images=2", "log_every=1",
@@ -51,9 +51,6 @@ def _worker(rank: int, world: int, port: int, tmp: str, teacher: str) -> None:
 
 @pytest.mark.slow
 def test_two_processes_hold_identical_weights(tmp_path):
-    import torch.multiprocessing as mp
-    from safetensors.torch import load_file
-
     teacher = tiny_teacher(tmp_path / "t.safetensors")
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), str(teacher)), nprocs=2, join=True)
     r0 = load_file(str(tmp_path / "rank0.safetensors"))
@@ -65,8 +62,6 @@ def test_two_processes_hold_identical_weights(tmp_path):
     for k in r0:
         assert torch.equal(r0[k], r1[k]), k
     # only rank 0 wrote the run folder, and its final checkpoint holds those weights
-    from srpkd.checkpoint import load_tensors
-
     last, meta = load_tensors(tmp_path / "ddp" / "checkpoints" / "last.safetensors")
     assert meta["step"] == 3
     for k in r0:

@@ -140,8 +140,6 @@ def test_teacher_cache_matches_no_cache(tmp_path):
                       name=f"c{cache}")
         line = tr.prepare_cache()
         assert line.startswith("teacher cache: on" if cache else "teacher cache: off")
-        from srpkd.train.data import iterate
-
         it = iterate(tr.data, 2, tr.cfg.seed, 0, 0, 1)
         for step in range(3):
             tr.train_step(next(it)[1], step)
@@ -207,8 +205,6 @@ def test_draw_cache_repeats_the_draws_and_runs_the_teacher_once_per_slot(tmp_pat
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 def test_draw_cache_on_a_full_disk_is_one_line_and_leaves_no_files(tmp_path, capsys):
     """A real 512 KiB tmpfs: the run folder fits, the draw cache (100 draws) does not."""
-    from srpkd.cli.main import main
-
     teacher = tiny_teacher(tmp_path / "t.safetensors")
     mnt = tmp_path / "small"
     mnt.mkdir()

@@ -9,10 +9,13 @@ import pytest
 import torch
 import torch.nn as nn
 import yaml
+from PIL import Image
 
 from conftest import write_image
 from srpkd.checkpoint import save_generator
 from srpkd.cli.main import main
+from srpkd.config import load_config
+from srpkd.errors import SrpkdError
 from srpkd.metrics.evaluate import Scorer, evaluate_generator, score_folders
 from srpkd.metrics.fid import FeatureCache
 from srpkd.models import create_generator
@@ -109,8 +112,6 @@ def test_unpaired_reference_is_target_train_plus_test(unaligned_dir, scorer):
 
 
 def write_run(tmp_path, root, task="paired", mode="aligned", both=False):
-    from srpkd.config import load_config
-
     teacher = tmp_path / "teacher.safetensors"
     save_generator(tiny(8, 1), teacher)
     cfg = load_config(None, [f"task={task}", f"data.mode={mode}", f"data.root={root}", "data.crop_size=32",
@@ -164,8 +165,6 @@ def test_score_folders_identical_is_zero_and_paired_by_name(tmp_path, scorer):
 
 
 def test_score_folders_against_dataset_halves(tmp_path, aligned_dir, scorer):
-    from PIL import Image
-
     out = tmp_path / "halves"
     out.mkdir()
     for p in sorted((aligned_dir / "test").glob("*.jpg")):
@@ -188,7 +187,5 @@ def test_cli_errors_are_one_line(argv, message, capsys):
 
 
 def test_teacher_only_without_teacher_is_an_error(aligned_dir, scorer):
-    from srpkd.errors import SrpkdError
-
     with pytest.raises(SrpkdError, match="teacher"):
         evaluate_generator(tiny(), task="teacher_only", mode="aligned", root=aligned_dir, size=32, scorer=scorer)

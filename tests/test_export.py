@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from PIL import Image
 
 from srpkd import SrpkdError, create_generator, load_generator, save_generator
 from srpkd.cli.main import main
@@ -118,8 +119,6 @@ def test_static_export_has_fixed_shape(tmp_path, capsys):
         runner(np.zeros((1, 3, 64, 64), np.float32))
     # translate refuses up front, naming the size to use
     img = tmp_path / "in.png"
-    from PIL import Image
-
     Image.new("RGB", (50, 40)).save(img)
     assert main(["translate", str(path), str(img), str(tmp_path / "out.png")]) == 2
     assert "use --size 64x96" in one_line_error(capsys)

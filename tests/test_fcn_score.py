@@ -19,6 +19,7 @@ from PIL import Image
 
 from srpkd.checkpoint import save_generator
 from srpkd.cli.main import main
+from srpkd.config import load_config
 from srpkd.errors import SrpkdError
 from srpkd.metrics.segmentation import (CITYSCAPES, FACADES, IGNORE, FcnScorer, Palette, Segmenter, confusion,
                                         fcn_scores, infer_palette, label_ids, load_palette)
@@ -215,8 +216,6 @@ def label_dataset(root: Path, n_test: int = 3, size: int = 32) -> Path:
 
 
 def write_run(tmp_path: Path, data: Path) -> Path:
-    from srpkd.config import load_config
-
     teacher = tmp_path / "teacher.safetensors"
     torch.manual_seed(1)
     save_generator(create_generator("resnet_9blocks", ngf=8), teacher)

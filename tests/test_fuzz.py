@@ -15,20 +15,26 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import struct
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from srpkd import SrpkdError, create_generator, save_generator
-from srpkd.checkpoint import load_generator, load_tensors, save_tensors
+from srpkd.checkpoint import generator_record, load_generator, load_tensors, save_tensors
 from srpkd.config import Config, from_dict, load_config, to_dict
+from srpkd.data import datasets
 from srpkd.data.images import load_image
+from srpkd.models.convert import import_generator
 
 # Pillow warns (corrupt EXIF, bombs) on many fuzzed files; only exceptions matter here.
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -74,8 +80,6 @@ _VALID: dict[tuple[str, str], bytes] = {}
 
 
 def valid_image_bytes(fmt: str, mode: str) -> bytes:
-    from PIL import Image
-
     key = (fmt, mode)
     if key not in _VALID:
         rng = np.random.default_rng(len(_VALID))
@@ -173,8 +177,6 @@ def test_load_image_valid_formats_and_modes():
 
 def test_load_image_decompression_bomb_is_one_error(tmp_path):
     """A tiny PNG that claims 100000 x 100000 pixels is refused, not allocated."""
-    import zlib
-
     def chunk(tag, body):
         return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body) & 0xFFFFFFFF)
 
@@ -264,9 +266,7 @@ def test_checkpoint_random_srpkd_metadata(record, as_text):
     """A valid safetensors file whose srpkd record is random: never a traceback, never a huge allocation."""
     meta = {"srpkd": json.dumps(record) if as_text else str(record)}
     tensors = {"stem.1.weight": torch.zeros(4, 3, 7, 7)}
-    from safetensors.torch import save
-
-    check_checkpoint(save(tensors, metadata=meta))
+    check_checkpoint(safetensors.torch.save(tensors, metadata=meta))
 
 
 DTYPES = ["F32", "F16", "BF16", "F64", "I64", "I32", "I16", "I8", "U8", "BOOL", "F8_E4M3", "C64", "XX", 5]
@@ -359,8 +359,6 @@ def test_checkpoint_found_by_fuzzing(tmp_path, record, match):
 def test_checkpoint_wrong_dtype_is_refused(tmp_path):
     g = create_generator("resnet_6blocks", ngf=2)
     state = {k: (v.to(torch.int64) if k == "stem.1.weight" else v) for k, v in g.state_dict().items()}
-    from srpkd.checkpoint import generator_record
-
     save_tensors(tmp_path / "c.safetensors", state, generator_record(g))
     with pytest.raises(SrpkdError, match="stem.1.weight is torch.int64"):
         load_generator(tmp_path / "c.safetensors")
@@ -462,14 +460,6 @@ def test_config_non_finite_numbers_are_refused(override):
 # ----------------------------------------------------------------------------- dataset folders
 
 
-def _dataset_constructors():
-    try:
-        from srpkd.data import datasets
-    except ImportError:
-        return None
-    return datasets
-
-
 @fuzz(40)
 @given(
     files=st.lists(
@@ -483,9 +473,6 @@ def _dataset_constructors():
 )
 def test_datasets_on_folders_of_random_files(files, mode):
     """Dataset construction and reading every item: SrpkdError or tensors, never another exception."""
-    datasets = _dataset_constructors()
-    if datasets is None:
-        pytest.fail("srpkd.data.datasets has not landed yet")
     root = Path(tempfile.mkdtemp(prefix="srpkd-fuzz-ds-"))
     try:
         split = {"aligned": ["train"], "unaligned": ["trainA", "trainB"], "single": ["train"]}[mode]
@@ -494,18 +481,16 @@ def test_datasets_on_folders_of_random_files(files, mode):
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_bytes(data)
         try:
-            ds = _build_dataset(datasets, mode, root)
+            ds = _build_dataset(mode, root)
             for i in range(min(len(ds), 6)):
                 ds[i]
         except SrpkdError as e:
             assert "\n" not in str(e)
     finally:
-        import shutil
-
         shutil.rmtree(root)
 
 
-def _build_dataset(datasets, mode, root):
+def _build_dataset(mode, root):
     return datasets.build_dataset(mode, root, split="train", load_size=16, crop_size=8, preprocess="resize_and_crop")
 
 
@@ -520,8 +505,6 @@ def tiny_pth_bytes():
 
 
 def check_pth(data: bytes) -> None:
-    from srpkd.models.convert import import_generator
-
     p = _tmpfile("w.pth", data)
     try:
         import_generator(p)
@@ -586,8 +569,6 @@ def test_import_found_by_fuzzing(tmp_path, data):
         data = buf.getvalue()
     p = tmp_path / "w.pth"
     p.write_bytes(data)
-    from srpkd.models.convert import import_generator
-
     with pytest.raises(SrpkdError, match="w.pth"):
         import_generator(p)
 

@@ -27,6 +27,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+import srpkd.data.images as images
+import srpkd.metrics.evaluate as evaluate
 from srpkd.cli.main import main
 from srpkd.data.datasets import AlignedDataset, image_size
 from srpkd.data.images import list_images, load_image
@@ -95,8 +97,6 @@ def test_translate_onto_a_full_disk_stops_at_once(full_disk, tmp_path, capsys):
 
 def test_eval_onto_a_full_disk(full_disk, tmp_path, capsys, monkeypatch):
     """metrics.json on a full disk: one line, the older file intact (a tiny extractor stands in for Inception)."""
-    import srpkd.metrics.evaluate as evaluate
-
     class Tiny(torch.nn.Module):
         extractor_id = "tiny-mean-std"
 
@@ -379,8 +379,6 @@ def test_translate_killed_half_way_then_continued(tmp_path):
 
 def test_translate_sigterm_leaves_no_temporary_file(tmp_path, capsys, monkeypatch):
     """SIGTERM during a write (raised in-process at the moment of the write): exit 143, no temp file."""
-    import srpkd.data.images as images
-
     ckpt = tiny_generator(tmp_path / "g.safetensors")
     for i in range(3):
         write_image(tmp_path / "in" / f"{i}.png", 32, 32, seed=i)

@@ -1,4 +1,5 @@
 """`srpkd import`: foreign generators give the same outputs once converted; unsafe files are refused."""
+import importlib.util
 import os
 import pickle
 import re
@@ -9,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from srpkd import SrpkdError, load_generator
+from srpkd import SrpkdError, load_generator, save_generator
 from srpkd.assets import (
     PACKAGES,
     fid_inception_path,
@@ -254,8 +255,6 @@ def test_assets_versions_match_requirements():
 
 
 def test_missing_asset_package_gives_pip_hint(monkeypatch):
-    import importlib.util
-
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vintagify" else real(name, *a))
     with pytest.raises(SrpkdError, match=r"package vintagify is not installed; install it with: "
@@ -273,8 +272,6 @@ def test_resolve_teacher_errors(tmp_path):
 
 
 def test_resolve_teacher_from_checkpoint(tmp_path):
-    from srpkd import save_generator
-
     g = create_generator("resnet_6blocks", ngf=4)
     save_generator(g, tmp_path / "t.safetensors")
     t = resolve_teacher(str(tmp_path / "t.safetensors"))

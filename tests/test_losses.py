@@ -1,8 +1,11 @@
 """Losses: each one against a dense or hand-computed reference, plus its gradients."""
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import json
 import math
+from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -496,10 +499,6 @@ def test_pool_errors():
 
 
 def test_relation_benchmark_script_smoke(capsys):
-    import importlib.util
-    import json
-    from pathlib import Path
-
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "relation_loss.py"
     spec = importlib.util.spec_from_file_location("relation_benchmark", path)
     bench = importlib.util.module_from_spec(spec)

@@ -6,9 +6,13 @@ import math
 import pytest
 import torch
 
+from srpkd.data.images import to_255, to_uint8
+from srpkd.errors import SrpkdError
 from srpkd.metrics import fid as F
 from srpkd.metrics.image import l1, psnr, ssim
-from srpkd.metrics.inception import resize_tf1_bilinear
+from srpkd.metrics.inception import InceptionFeatures, resize_tf1_bilinear
+from srpkd.metrics.perceptual import STLPIPS, perceptual_distance
+from srpkd.metrics.shared import per_device
 
 
 def gray(level: int, n: int = 2, size: int = 16) -> torch.Tensor:
@@ -35,8 +39,6 @@ def test_psnr_quantises_like_saved_images():
 
 def test_metric_pixels_equal_saved_pixels():
     # the 8-bit values PSNR/SSIM/Inception see are exactly those of a saved PNG
-    from srpkd.data.images import to_255, to_uint8
-
     x = torch.rand(3, 5, 7) * 2.4 - 1.2  # also outside [-1, 1]: clamped
     assert torch.equal(to_255(x).to(torch.uint8).permute(1, 2, 0), torch.from_numpy(to_uint8(x)))
     assert to_255(x).min() >= 0 and to_255(x).max() <= 255 and torch.equal(to_255(x), to_255(x).round())
@@ -44,8 +46,6 @@ def test_metric_pixels_equal_saved_pixels():
 
 
 def test_metric_networks_are_shared_per_device():
-    from srpkd.metrics.shared import per_device
-
     built = []
 
     class Net(torch.nn.Linear):
@@ -95,8 +95,6 @@ def test_fid_of_a_set_with_itself_is_zero_and_fid_is_symmetric():
 
 
 def test_fid_needs_two_images():
-    from srpkd.errors import SrpkdError
-
     with pytest.raises(SrpkdError):
         F.fid_from_features(torch.randn(1, 4), torch.randn(5, 4))
 
@@ -185,9 +183,6 @@ def test_tf1_bilinear_resize_convention():
 
 @pytest.fixture(scope="module")
 def inception():
-    from srpkd.errors import SrpkdError
-    from srpkd.metrics.inception import InceptionFeatures
-
     try:
         return InceptionFeatures()
     except SrpkdError as e:
@@ -208,9 +203,6 @@ def test_real_inception_smoke(inception):
 
 @pytest.fixture(scope="module")
 def lpips():
-    from srpkd.errors import SrpkdError
-    from srpkd.metrics.perceptual import STLPIPS
-
     try:
         return STLPIPS()
     except SrpkdError as e:
@@ -234,8 +226,6 @@ def test_stlpips_properties(lpips):
 
 
 def test_perceptual_distance_is_the_mean_over_chunks(lpips):
-    from srpkd.metrics.perceptual import perceptual_distance
-
     torch.manual_seed(1)
     a, b = torch.rand(5, 3, 40, 40) * 2 - 1, torch.rand(5, 3, 40, 40) * 2 - 1
     with torch.no_grad():

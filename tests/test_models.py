@@ -1,9 +1,11 @@
 import json
 
 import pytest
+import safetensors.torch
 import torch
 
 from srpkd import SrpkdError, create_discriminator, create_generator, list_models, load_generator, save_generator
+from srpkd.checkpoint import load_tensors, save_tensors
 from srpkd.cli.main import main
 from srpkd.models import count_macs, count_params, norm_layer
 from srpkd.models.base import InstanceNorm2d, ReflectionPad2d
@@ -211,8 +213,6 @@ def test_checkpoint_of_another_shape_is_refused(tmp_path):
     path = tmp_path / "g.safetensors"
     save_generator(g, path)
     # tamper with the record: same file, claimed width 16
-    from srpkd.checkpoint import load_tensors, save_tensors
-
     tensors, meta = load_tensors(path)
     meta["kwargs"]["ngf"] = 16
     save_tensors(path, tensors, meta)
@@ -226,7 +226,6 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
     path = tmp_path / "g.safetensors"
     save_generator(g, path)
     before = path.read_bytes()
-    import safetensors.torch
 
     def boom(*a, **k):
         raise OSError(28, "No space left on device")

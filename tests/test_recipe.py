@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
 import time
 
 import pytest
@@ -11,6 +13,7 @@ from srpkd.checkpoint import load_generator, load_tensors
 from srpkd.cli.main import main
 from srpkd.errors import SrpkdError
 from srpkd.train.budget import TimeBudget, parse_duration
+from srpkd.train.loop import Trainer
 from srpkd.train.schedule import Schedule
 from train_helpers import TINY, read_log, tiny_teacher
 
@@ -91,11 +94,6 @@ def test_time_flag_lifts_a_presets_time_limit(tmp_path):
 
 def test_time_budget_resumes_with_the_time_already_spent(tmp_path, monkeypatch):
     """A stopped --time run, resumed, trains only for what is left of its budget."""
-    import os
-    import signal
-
-    from srpkd.train.loop import Trainer
-
     teacher = tiny_teacher(tmp_path / "t.safetensors")
     real = Trainer.train_step
 

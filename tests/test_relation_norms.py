@@ -7,14 +7,15 @@ import sys
 import pytest
 import torch
 
+from srpkd.distill.teacher import Teacher
 from srpkd.errors import SrpkdError
+from srpkd.losses import relation
 from srpkd.losses.relation import relation_sq_norms, semantic_relation_loss
+from srpkd.models import create_generator
 
 
 @pytest.mark.parametrize("chunk", [None, 7])
 def test_precomputed_teacher_norms_match(monkeypatch, chunk):
-    from srpkd.losses import relation
-
     if chunk:
         monkeypatch.setattr(relation, "CHUNK_ELEMENTS", chunk)
     g = torch.Generator().manual_seed(0)
@@ -45,9 +46,6 @@ def test_teacher_norms_gradcheck():
 
 
 def test_teacher_cache_keeps_norms_for_relation_taps():
-    from srpkd.distill.teacher import Teacher
-    from srpkd.models import create_generator
-
     torch.manual_seed(0)
     t = create_generator("resnet_6blocks", ngf=8)
     items = [{"A": torch.rand(3, 32, 32) * 2 - 1} for _ in range(5)]

@@ -9,6 +9,7 @@ import subprocess
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -17,6 +18,9 @@ from srpkd.cli.main import main
 from srpkd.config import load_config
 from srpkd.models import create_generator
 from srpkd.report import loss_curves_png, read_log, write_comparison, write_report
+from srpkd.train.validation import labelled_grid, sample_columns
+from train_helpers import TINY, tiny_teacher
+from train_helpers import read_log as run_log
 
 
 def make_run(tmp_path, name="r", metrics=True, log=True, samples=True, root="/data/facades", student=None):
@@ -149,8 +153,6 @@ def test_report_renders_in_headless_chromium(tmp_path):
 def test_report_of_a_tiny_distill_run_shows_only_measured_rows(tmp_path, capsys):
     """srpkd distill ends by measuring what the report shows: latency of teacher and student (eager and ONNX
     Runtime, with the thread count), ST-LPIPS to the teacher beside a copy of the input, labelled samples."""
-    from train_helpers import TINY, read_log as run_log, tiny_teacher
-
     teacher = tiny_teacher(tmp_path / "t.safetensors")
     assert main(["distill", "--teacher", str(teacher), "--size", "32", "--steps", "2", "--batch-size", "2",
                  "--name", "r", "--out-dir", str(tmp_path), "--set", "data.max_images=4", *TINY,
@@ -180,10 +182,6 @@ def test_report_of_a_tiny_distill_run_shows_only_measured_rows(tmp_path, capsys)
 
 
 def test_sample_grid_is_enlarged_and_labelled():
-    import torch
-
-    from srpkd.train.validation import labelled_grid, sample_columns
-
     assert sample_columns(True, False) == ["input", "teacher", "student"]
     assert sample_columns(False, True) == ["input", "student", "target"]
     grid = torch.full((3, 16, 32), 0.5)  # two 16 px columns
@@ -195,8 +193,6 @@ def test_sample_grid_is_enlarged_and_labelled():
 
 
 def test_a_run_without_val_split_measures_st_lpips_in_its_last_validation(tmp_path):
-    from train_helpers import TINY, read_log as run_log, tiny_teacher
-
     teacher = tiny_teacher(tmp_path / "t.safetensors")
     assert main(["distill", "--teacher", str(teacher), "--size", "32", "--steps", "2", "--batch-size", "2",
                  "--name", "r", "--out-dir", str(tmp_path), "--set", "data.max_images=4", *TINY,

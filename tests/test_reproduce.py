@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from srpkd.config import load_config
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "reproduce.py"
 
@@ -40,8 +42,6 @@ def test_summary_and_ties():
     assert s["mean"] == 2.0 and s["std"] == 1.0 and s["n"] == 3
     assert reproduce.summarise([None])["mean"] is None
     # every variant's overrides give a valid config, and only the variant's terms are on
-    from srpkd.config import load_config
-
     for name in reproduce.VARIANTS:
         o = {**reproduce.variant_overrides(name), "optim.steps": 1}
         cfg = load_config("default", [f"{k}={json.dumps(v)}" for k, v in o.items()])
@@ -52,8 +52,6 @@ def test_summary_and_ties():
 def test_main_recipe_variants():
     # --recipe main: each variant is the main preset with only its terms on, at the preset's weights and taps;
     # the GAN term joins half-way, except for scratch, which has nothing else to learn from
-    from srpkd.config import load_config
-
     for name in reproduce.BASE_VARIANTS:
         o = {**reproduce.variant_overrides(name, "main"), "optim.steps": 10, "optim.time": 0.0}
         cfg = load_config("main", [f"{k}={json.dumps(v)}" for k, v in o.items()])

@@ -1,17 +1,20 @@
 """--resume continues bit for bit: N steps straight == N/2 steps, resume, N/2 steps (--deterministic, CPU)."""
 from __future__ import annotations
 
+import itertools
+import os
+import signal
+
+import torch
+
 from srpkd.cli.main import main
-from srpkd.train.data import epoch_batches
+from srpkd.data.datasets import build_dataset
+from srpkd.train.data import SeededDataset, epoch_batches, iterate
+from srpkd.train.loop import Trainer
 from train_helpers import TINY, assert_same_tensors, load_state, read_log, tiny_teacher
 
 
 def _straight_vs_resumed(tmp_path, monkeypatch, args, n=4):
-    import os
-    import signal
-
-    from srpkd.train.loop import Trainer
-
     assert main([*args, "--steps", str(n), "--name", "straight"]) == 0
     # the same n-step job (same lr schedule) interrupted by SIGTERM after n/2 steps, then resumed
     real = Trainer.train_step
@@ -70,13 +73,6 @@ def test_data_order_is_a_function_of_seed_and_epoch():
 
 def test_worker_processes_draw_the_same_augmented_batches():
     """Random crops and flips depend only on (seed, epoch, index): DataLoader workers give the same batches."""
-    import itertools
-
-    import torch
-
-    from srpkd.data.datasets import build_dataset
-    from srpkd.train.data import SeededDataset, iterate
-
     ds = SeededDataset(build_dataset("builtin", split="train", crop_size=16, max_images=6, flip=True), seed=3)
     a = [b for _, b in itertools.islice(iterate(ds, 2, 3, 1, 0, 1, num_workers=0), 4)]
     b = [b for _, b in itertools.islice(iterate(ds, 2, 3, 1, 0, 1, num_workers=2), 4)]

@@ -7,8 +7,10 @@ import signal
 
 import torch
 
+import srpkd.losses as L
 from srpkd.checkpoint import load_generator, load_tensors
 from srpkd.cli.main import main
+from srpkd.train.loop import Trainer
 from train_helpers import TINY, read_log, tiny_teacher
 
 
@@ -132,8 +134,6 @@ def test_bad_option_is_one_line(capsys):
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch, capsys):
-    import srpkd.losses as L
-
     teacher = tiny_teacher(tmp_path / "t.safetensors")
     args = ["distill", "--teacher", str(teacher), "--size", "32", "--batch-size", "2", "--out-dir", str(tmp_path),
             "--name", "n", "--set", "data.max_images=4", "--set", "ckpt_every=2", *TINY]
@@ -156,8 +156,6 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch, capsys)
 
 
 def test_sigterm_saves_and_exits(tmp_path, monkeypatch, capsys):
-    from srpkd.train.loop import Trainer
-
     teacher = tiny_teacher(tmp_path / "t.safetensors")
     real = Trainer.train_step
 

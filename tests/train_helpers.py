@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 
 from srpkd import create_generator, save_generator
+from srpkd.checkpoint import load_tensors
+from srpkd.models import init_weights
 
 TINY = [
     "--set", "student.ngf=4", "--set", "discriminator.ndf=8", "--set", "discriminator.n_layers=2",
@@ -18,8 +20,6 @@ TINY = [
 
 def tiny_teacher(path: Path, arch: str = "resnet_6blocks", ngf: int = 8, seed: int = 0, **kw) -> Path:
     torch.manual_seed(seed)
-    from srpkd.models import init_weights
-
     g = init_weights(create_generator(arch, ngf=ngf, **kw), gain=0.2)
     save_generator(g, path)
     return path
@@ -30,8 +30,6 @@ def read_log(run: Path) -> list[dict]:
 
 
 def load_state(path: Path) -> dict[str, torch.Tensor]:
-    from srpkd.checkpoint import load_tensors
-
     return load_tensors(path)[0]
 
 
