@@ -58,6 +58,16 @@ def test_metric_networks_are_shared_per_device():
     assert len(built) == 1 and get.instances == {torch.device("cpu"): built[0]}
 
 
+def test_building_a_metric_network_leaves_the_callers_random_draws_alone():
+    """A run's draws must not depend on whether the process had already built ST-LPIPS / Inception."""
+    get = per_device(lambda: torch.nn.Conv2d(3, 8, 3))  # random initialisation: draws from the generator
+    torch.manual_seed(7)
+    expected = torch.rand(4)
+    torch.manual_seed(7)
+    get("cpu")  # first call: builds
+    assert torch.equal(torch.rand(4), expected)
+
+
 def test_ssim_and_l1():
     torch.manual_seed(0)
     a = torch.rand(2, 3, 24, 24) * 2 - 1

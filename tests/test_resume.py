@@ -9,6 +9,7 @@ import torch
 
 from srpkd.cli.main import main
 from srpkd.data.datasets import build_dataset
+from srpkd.metrics.perceptual import stlpips
 from srpkd.train.data import SeededDataset, epoch_batches, iterate
 from srpkd.train.loop import Trainer
 from train_helpers import TINY, assert_same_tensors, load_state, read_log, tiny_teacher
@@ -43,7 +44,12 @@ def _straight_vs_resumed(tmp_path, monkeypatch, args, n=4):
 
 
 def test_resume_teacher_only_random_crops(tmp_path, monkeypatch):
-    """Random crops and flips (no cache), GAN, SRP and feature KD with an adapter."""
+    """Random crops and flips (no cache), GAN, SRP, perceptual KD and feature KD with an adapter.
+
+    The shared ST-LPIPS network is dropped first, so that the straight run builds it (perceptual KD
+    loads it before the adapters are drawn) and the interrupted run reuses it: the two runs must
+    still start from the same adapters, whatever ran before in this process."""
+    stlpips.instances.clear()
     teacher = tiny_teacher(tmp_path / "t.safetensors")
     args = ["distill", "--teacher", str(teacher), "--size", "32", "--batch-size", "2", "--out-dir", str(tmp_path),
             "--deterministic", "--set", "data.max_images=6", "--set", "data.fixed_crops=false",
