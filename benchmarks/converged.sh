@@ -49,13 +49,14 @@ lane1() {
          "$REP --students m16 --seeds 2 --variants scratch" \
          "$REP --students r32 --seeds 2 --variants kd kd_srp" \
          "$REP --students r32 --seeds 0 --variants $VARIANTS" \
-         "$REP --students r32 --seeds 2 --variants at sp"
+         "$REP --students r32 --seeds 2 --variants at scratch"
 }
 # lane 2 takes mobile ngf 16's seed 2 but its last variant (lane 1 takes that one, after the rest of seed 0), so that
 # the mobile table is complete first, both lanes reaching it at about the same time (20-25 minutes a mobile run); the
 # ngf 32 runs (55-65 minutes each on one thread) run the paper's pairs first: seed 2 of kd and kd_srp in lane 1 and of
 # feat_srp and feat in lane 2 (the third seed that the verdicts need), then scratch (GAN only, no verdict rests on it),
-# AT and SP; no run is in both lanes, so two lanes never write one run folder
+# then seed 2 of AT and scratch (lane 1) and of SP (lane 2): 11 ngf 32 runs in lane 1, 10 in lane 2 (a session that
+# stopped lane 1 part-way through its scratch run left the lanes even this way); no run is in both lanes, so two lanes never write one run folder
 lane2() {
     lane "$TTQ --students r16 --seeds 1" \
          "$TTQ --students m16 --seeds 1" \
@@ -63,7 +64,7 @@ lane2() {
          "$REP --students m16 --seeds 2 --variants kd kd_srp feat feat_srp at sp" \
          "$REP --students r32 --seeds 2 --variants feat_srp feat" \
          "$REP --students r32 --seeds 1 --variants $VARIANTS" \
-         "$REP --students r32 --seeds 2 --variants scratch"
+         "$REP --students r32 --seeds 2 --variants sp"
 }
 # bash benchmarks/converged.sh 1 (or 2): that lane alone, without the tables (to restart one lane)
 case "${1:-}" in
