@@ -55,8 +55,8 @@ lane1() {
 # the mobile table is complete first, both lanes reaching it at about the same time (20-25 minutes a mobile run); the
 # ngf 32 runs (55-65 minutes each on one thread) run the paper's pairs first: seed 2 of kd and kd_srp in lane 1 and of
 # feat_srp and feat in lane 2 (the third seed that the verdicts need), then scratch (GAN only, no verdict rests on it),
-# then seed 2 of AT and scratch (lane 1) and of SP (lane 2): 11 ngf 32 runs in lane 1, 10 in lane 2 (a session that
-# stopped lane 1 part-way through its scratch run left the lanes even this way); no run is in both lanes, so two lanes never write one run folder
+# then seed 2 of AT and scratch (lane 1) and of SP (lane 2); no run is in both lanes, so two lanes never write one
+# run folder
 lane2() {
     lane "$TTQ --students r16 --seeds 1" \
          "$TTQ --students m16 --seeds 1" \
