@@ -83,10 +83,8 @@ RECIPES: dict[str, dict] = {
     "perc_gan_all": {"loss.perc": 1.0, "loss.gan_start": 0.0},
     # ... and a constant learning rate without warm-up (issue 13's warm-up and cosine decay, taken away)
     "perc_const_lr": {"loss.perc": 1.0, "optim.schedule": "linear", "optim.decay_fraction": 0.0, "optim.warmup": 0.0},
-    "gan_all": {"loss.gan_start": 0.0},  # no KD-only warm-up
     "no_srp": {"loss.srp": 0.0},  # without the paper's relation term
     "plain_resnet": {"student.arch": "resnet_9blocks"},  # the paper's student, same recipe
-    "const_lr": {"optim.schedule": "linear", "optim.decay_fraction": 0.0, "optim.warmup": 0.0},
     # issue 14's numeric shortcuts (bf16 autocast where the CPU has bf16 instructions, float32 relation loss):
     # the main preset's own since issue 14, named so that results say which numerics a run used
     "fast": {"amp": "auto", "loss.srp_precision": "float32"},
