@@ -7,7 +7,8 @@ A pair is two one-thread time_to_quality.py runs side by side with one seed: the
 The machine's speed drifts from hour to hour, so a candidate is judged by its differences to its own
 pair's base, not against runs of another hour: per seed, then mean +- sample std over seeds. "better" /
 "worse": every seed's difference has the same sign and their mean is larger than their std; otherwise
-"tie"; one seed: no verdict. Writes ``results.md`` and ``results.json`` beside the records' folder.
+"tie"; one seed: no verdict. Writes ``results.md``, ``results.json`` and ``curves.png`` (each pair's
+PSNR curves against wall minutes, one panel per candidate) beside the records' folder.
 """
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ import json
 import re
 import statistics
 from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 
 BASE = re.compile(r"(?P<base>.+)_preset_seed(?P<seed>\d+)_vs_(?P<cand>.+)\.json")
 METRICS = {"psnr": +1, "stlpips": -1}  # +1: higher is better
@@ -84,6 +90,36 @@ def markdown(rows: list[dict], keep: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(found: dict[tuple[str, str], list[dict]], path: Path) -> None:
+    """One panel per candidate: its PSNR curve (colour) and its pair's base (grey), one line style per seed."""
+    if not found:
+        return
+    cols = min(3, len(found))
+    rows = -(-len(found) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4 * rows), sharey=True, squeeze=False)
+    for ax in axes.flat[len(found):]:
+        ax.set_visible(False)
+    styles = ["-", "--", ":", "-."]
+    for ax, ((base, cand), runs) in zip(axes.flat, found.items()):
+        for r in runs:
+            ls = styles[r["seed"] % len(styles)]
+            for who, name, color in (("base", base, "0.55"), ("candidate", cand, "C0")):
+                xs, ys = zip(*r[who]["curve"]) if r[who].get("curve") else ((), ())
+                ax.plot(xs, ys, color=color, ls=ls, label=f"{name} seed {r['seed']}")
+        copy = runs[0]["base"].get("copy_psnr")
+        if copy is not None:
+            ax.axhline(copy, color="k", lw=0.8, ls="--", label="copy of the input")
+        ax.set_title(f"{cand} against {base}", fontsize=10)
+        ax.set_xlabel("wall minutes (one thread each)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("PSNR to the teacher, held-out crops (dB)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--keep", type=Path, default=Path("benchmarks/results/time_to_quality/main_pairs/runs"),
@@ -91,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not args.keep.is_dir():
         raise SystemExit(f"pairs_report: no records folder {args.keep}")
-    rows = summary(pairs(args.keep))
+    found = pairs(args.keep)
+    rows = summary(found)
+    plot(found, args.keep.parent / "curves.png")
     (args.keep.parent / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
     table = markdown(rows, args.keep)
     (args.keep.parent / "results.md").write_text(table)

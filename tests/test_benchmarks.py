@@ -149,6 +149,7 @@ def test_pairs_runs_each_candidate_beside_its_own_base_run(tmp_path):
     old = json.loads((tmp_path / "kept" / "old_preset_seed0.json").read_text())
     assert rows[1]["psnr"]["difference"] == [old["psnr"] - first["psnr"]]
     assert "| old | default | 0 |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "curves.png").stat().st_size > 0  # the pairs' curves, one panel per candidate
 
 
 def test_pairs_report_judges_a_candidate_by_its_differences_to_its_own_base(tmp_path):
@@ -161,7 +162,9 @@ def test_pairs_report_judges_a_candidate_by_its_differences_to_its_own_base(tmp_
     # the candidate's two seeds are each 0.3 dB above their own pair's base, though the bases differ by 1 dB
     # (a slower hour): against the other seed's base it would look worse
     def record(name: str, psnr: float, stlpips: float) -> None:
-        (tmp_path / f"{name}.json").write_text(json.dumps({"psnr": psnr, "stlpips": stlpips, "steps": 1000}))
+        curve = [[1.0, psnr - 2], [8.5, psnr]]
+        (tmp_path / f"{name}.json").write_text(json.dumps({"psnr": psnr, "stlpips": stlpips, "steps": 1000,
+                                                           "copy_psnr": 21.7, "curve": curve}))
 
     for seed, base_psnr in ((0, 25.0), (1, 24.0)):
         record(f"perc_preset_seed{seed}_vs_cand", base_psnr, 0.09)
@@ -175,6 +178,8 @@ def test_pairs_report_judges_a_candidate_by_its_differences_to_its_own_base(tmp_
     assert pairs_report.verdict([0.1, 0.5, 0.05], +1) == "tie"  # one sign, but the mean is within the spread
     assert pairs_report.verdict([-0.2, -0.3], -1) == "better"
     assert pairs_report.verdict([0.4], +1) == "1 seed"
+    pairs_report.plot(pairs_report.pairs(tmp_path), tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_step_speedup_quick_against_the_baseline_commit():
