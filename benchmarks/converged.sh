@@ -86,3 +86,8 @@ $PY benchmarks/time_to_quality.py real_teacher --recipes default fast no_gan --s
 for seed in 0 1 2; do
     SEED=$seed bash benchmarks/pairs.sh perc perc_derive perc_colour perc_prog perc_gan_all perc_const_lr
 done
+# then the preset with one of its own parts taken away, the same way: perceptual KD, feature KD, the student's input
+# skip (the paper's plain ResNet-9 ngf 16), the discriminator
+for seed in 0 1 2; do
+    SEED=$seed bash benchmarks/pairs.sh perc perc_off perc_no_feat perc_plain perc_no_gan
+done

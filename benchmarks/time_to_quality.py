@@ -83,6 +83,11 @@ RECIPES: dict[str, dict] = {
     "perc_gan_all": {"loss.perc": 1.0, "loss.gan_start": 0.0},
     # ... and a constant learning rate without warm-up (issue 13's warm-up and cosine decay, taken away)
     "perc_const_lr": {"loss.perc": 1.0, "optim.schedule": "linear", "optim.decay_fraction": 0.0, "optim.warmup": 0.0},
+    # the preset with one of its own parts taken away, to pair against it (bash benchmarks/pairs.sh perc perc_off ...):
+    "perc_off": {"loss.perc": 0.0},  # without perceptual KD (the preset's numerics: the same as "fast" today)
+    "perc_no_feat": {"loss.perc": 1.0, "loss.feat": 0.0},  # without feature KD at the four taps
+    "perc_plain": {"loss.perc": 1.0, "student.arch": "resnet_9blocks"},  # the paper's ResNet-9 ngf 16, no input skip
+    "perc_no_gan": {"loss.perc": 1.0, "loss.gan": 0.0},  # without the discriminator (KD terms only)
     "no_srp": {"loss.srp": 0.0},  # without the paper's relation term
     "plain_resnet": {"student.arch": "resnet_9blocks"},  # the paper's student, same recipe
     # issue 14's numeric shortcuts (bf16 autocast where the CPU has bf16 instructions, float32 relation loss):
