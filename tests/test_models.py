@@ -179,6 +179,18 @@ def test_params_and_macs_match_the_field(ngf, params, macs):
     assert count_macs(g, 256) == pytest.approx(macs, rel=0.01)
 
 
+def test_macs_are_counted_where_the_weights_live():
+    """The traced input follows the weights' device and dtype: at the end of a CUDA run the student is on
+    the GPU, and a CPU input crashed its latency profile (seen on an H200); a bf16 copy is the same mismatch
+    that a CPU-only machine can produce."""
+    g = create_generator("resnet_9blocks", ngf=8)
+    macs = count_macs(g, 64)
+    assert count_macs(g.to(torch.bfloat16), 64) == macs
+    assert next(g.parameters()).dtype == torch.bfloat16  # counting leaves the model as it was
+    if torch.cuda.is_available():
+        assert count_macs(g.float().cuda(), 64) == macs
+
+
 def test_info_cli_json(capsys):
     assert main(["info", "--arch", "resnet_9blocks", "--ngf", "64", "--size", "256", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

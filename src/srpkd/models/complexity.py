@@ -19,11 +19,14 @@ def count_params(model: nn.Module) -> int:
 
 def count_macs(model: nn.Module, size: int | tuple[int, int] = 256, in_channels: int = 3) -> int:
     h, w = (size, size) if isinstance(size, int) else size
+    # the traced input lives where the weights do: a student on a GPU (the end of a CUDA run) or in bf16
+    weight = next(model.parameters(), None)
+    x = torch.zeros(1, in_channels, h, w) if weight is None else weight.new_zeros(1, in_channels, h, w)
     was_training = model.training
     model.eval()
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            return int(profile_macs(model, torch.zeros(1, in_channels, h, w)))
+            return int(profile_macs(model, x))
     finally:
         model.train(was_training)
