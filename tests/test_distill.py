@@ -134,20 +134,25 @@ def test_tap_mismatch_names_tap_and_shapes():
 
 def test_teacher_cache_matches_no_cache(tmp_path):
     teacher = tiny_teacher(tmp_path / "t.safetensors")
-    weights = {}
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    losses, outputs = {}, {}
     for cache in (True, False):
         tr = _trainer(tmp_path, teacher, f"cache_teacher={str(cache).lower()}", "loss.srp=1000", "loss.feat=1",
                       name=f"c{cache}")
         line = tr.prepare_cache()
         assert line.startswith("teacher cache: on" if cache else "teacher cache: off")
         it = iterate(tr.data, 2, tr.cfg.seed, 0, 0, 1)
-        for step in range(3):
-            tr.train_step(next(it)[1], step)
-        weights[cache] = tr.G.state_dict()
-    for k, v in weights[True].items():
-        # the cache is filled in chunks of 8 in index order, training batches are 2 in shuffled order:
-        # a sample's teacher output can differ in the last bits with the batch it is computed in
-        torch.testing.assert_close(v, weights[False][k], rtol=1e-4, atol=1e-5)
+        losses[cache] = [tr.train_step(next(it)[1], step) for step in range(3)]
+        with torch.no_grad():
+            outputs[cache] = tr.G.eval()(x)
+    # The cache is filled in chunks of 8 in index order, training batches are 2 in shuffled order: a sample's
+    # teacher output can differ in the last bits with the batch it is computed in. Compared: every loss of every
+    # step and the trained student's output, not its weights: a convolution's bias just before an instance norm
+    # has no gradient but rounding noise, which Adam scales up to a full learning-rate step (up to 4e-3 apart
+    # after three steps on an AVX2 CPU, without any effect on the output, which the norm takes the bias out of).
+    for a, b in zip(losses[True], losses[False]):
+        assert a.keys() == b.keys() and a == pytest.approx(b, rel=1e-4, abs=1e-6)
+    torch.testing.assert_close(outputs[True], outputs[False], rtol=0, atol=2e-4)
 
 
 def test_random_data_is_never_cached(tmp_path):
