@@ -13,7 +13,9 @@ from srpkd.models import init_weights
 TINY = [
     "--set", "student.ngf=4", "--set", "discriminator.ndf=8", "--set", "discriminator.n_layers=2",
     "--set", "log_every=1", "--set", "eval_images=2", "--set", "threads=1", "--quiet",
-    "--set", "loss.gan_start=0",  # the main preset's KD-only warm-up would hide the GAN terms of a few steps
+    # the GAN term on from the first step: the main preset has none, and its KD-only warm-up would hide it for
+    # a few steps; the tests cover the discriminator's paths (its updates, checkpoints and resume)
+    "--set", "loss.gan=1", "--set", "loss.gan_start=0",
     "--set", "profile_runtimes=[eager]",  # the end-of-run ONNX latency exports twice (~15 s); test_report covers it
 ]
 
