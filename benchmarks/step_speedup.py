@@ -58,6 +58,8 @@ RANDOM = ["data.fixed_crops=false", "data.flip=true"]
 # the numeric shortcuts: bf16 autocast, float32 relation loss, feature KD without the adapted maps
 FAST = ["amp=bf16", "loss.srp_precision=float32", "loss.feat_method=factorized"]
 EXACT = ["amp=none", "loss.srp_precision=float64", "loss.feat_method=direct"]  # the reference numerics
+# this checkout's variants keep the baseline main preset's discriminator (the preset has had none since 2026-12-04)
+EXACT, FAST = EXACT + ["loss.gan=1"], FAST + ["loss.gan=1"]
 VARIANTS = {  # name: (source, settings)
     "base_random": ("base", RANDOM + ["cache_teacher=false"]),
     "new_random": ("new", RANDOM + ["cache_teacher=false"] + EXACT),
@@ -156,22 +158,24 @@ class Worker:
         self.proc.wait(timeout=60)
 
 
-def numerics(threads: int) -> dict:
-    """bf16 teacher vs fp32, and float16 storage of its features, on the main job's held-out crops."""
+def numerics(threads: int, crops: int = 48) -> dict:
+    """bf16 teacher vs fp32, and float16 storage of its features, on the main job's held-out crops (the first
+    ``crops`` of 48: --quick takes 1, since a CPU without bf16 instructions emulates bf16: 34 s for one crop and
+    137 s for eight on an AVX2 EPYC, 2 threads)."""
     from srpkd.assets import resolve_teacher  # only the parent's own checkout is measured here
     from srpkd.data.builtin import BuiltinPhotos
     from srpkd.metrics.image import psnr
 
     torch.set_num_threads(threads)
     t = resolve_teacher("builtin:vintagify").eval()
-    x = torch.stack([BuiltinPhotos("test", crop_size=128, length=48)[i]["A"] for i in range(48)])
+    x = torch.stack([BuiltinPhotos("test", crop_size=128, length=48)[i]["A"] for i in range(crops)])
     taps = ["encoder", "body", "up1", "up2"]
     with torch.inference_mode():
-        out32, f32 = zip(*[t(x[i:i + 8], taps=taps) for i in range(0, 48, 8)])
+        out32, f32 = zip(*[t(x[i:i + 8], taps=taps) for i in range(0, crops, 8)])
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            out16, f16 = zip(*[t(x[i:i + 8], taps=taps) for i in range(0, 48, 8)])
+            out16, f16 = zip(*[t(x[i:i + 8], taps=taps) for i in range(0, crops, 8)])
     o32, o16 = torch.cat(out32), torch.cat(out16).float()
-    res = {"bf16_teacher_psnr_db": round(float(psnr(o16, o32)), 2),
+    res = {"crops": crops, "bf16_teacher_psnr_db": round(float(psnr(o16, o32)), 2),
            "bf16_teacher_max_abs": round(float((o16 - o32).abs().max()), 4),
            "copy_psnr_db": round(float(psnr(x, o32)), 2)}
     for k in taps:
@@ -247,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         r["speedup_cpu"] = round(ref["cpu_ms_per_step"] / r["cpu_ms_per_step"], 2) if ref else None
         r["reference"] = RATIO_TO[kind]
     progress("numerics of bf16 and float16 storage")
-    num = numerics(args.threads)
+    num = numerics(args.threads, 1 if args.quick else 48)
     info = {"baseline": args.baseline, "threads": args.threads, "size": args.size, "batch": batch,
             "draws": args.draws, "rounds": args.rounds, "steps": args.steps, "torch": torch.__version__,
             "python": platform.python_version(), "load_avg_before": [round(x, 2) for x in load_before],

@@ -435,6 +435,7 @@ def distill(t: Path, *extra: str, data: Path | None = None, teacher: Path | None
         "--set", "student.ngf=4", "--set", "discriminator.ndf=8", "--set", "data.load_size=36",
         "--set", "data.fixed_crops=false", "--set", "data.max_images=null", "--set", "threads=1",
         "--set", "eval_images=2",
+        "--set", "loss.gan=1",  # pix2pix's objective: the main preset (no GAN term) is not a paired recipe
     ]
     return argv + list(extra)
 

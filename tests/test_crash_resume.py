@@ -137,7 +137,7 @@ def args(w, name: str, resume: bool = False) -> list[str]:
         "--set", "student.ngf=4", "--set", "discriminator.ndf=8", "--set", "data.load_size=36",
         "--set", "data.fixed_crops=false", "--set", "data.max_images=null", "--set", "threads=1",
         "--set", "ckpt_every=1", "--set", "eval_every=3", "--set", "log_every=1",
-        "--set", "loss.gan_start=0",  # the probes count discriminator updates from the first step
+        "--set", "loss.gan=1", "--set", "loss.gan_start=0",  # the probes count discriminator updates from step 1
     ]
 
 

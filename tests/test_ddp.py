@@ -30,6 +30,7 @@ def _worker(rank: int, world: int, port: int, tmp: str, teacher: str) -> None:
         "student.ngf=4", "discriminator.ndf=8", "discriminator.n_layers=2", "data.crop_size=32", "data.max_images=8",
         "data.fixed_crops=false", "optim.batch_size=2", "optim.steps=3", "eval_images=2", "log_every=1",
         "loss.srp=100", "loss.feat=1", "name=ddp", f"teacher.checkpoint={teacher}", "threads=1",
+        "loss.gan=1",  # the discriminator's weights must agree across ranks too
     ])
     trainer = Trainer(cfg, distill=True, run_dir=os.path.join(tmp, "ddp"), quiet=True)
     seen = []

@@ -299,7 +299,7 @@ def test_progressive_resolution_trains_on_aligned_squares_first_then_whole_crops
 
 @pytest.mark.parametrize("extra, line", [
     (["optim.progressive_crop=18"], "optim.progressive_crop is 18, but"),
-    (["optim.progressive_crop=8", "loss.perc=0"], "optim.progressive_crop is 8, too small for"),
+    (["optim.progressive_crop=8", "loss.perc=0", "loss.gan=1"], "optim.progressive_crop is 8, too small for"),
     (["optim.progressive_crop=24", "loss.perc=1"], "optim.progressive_crop is 24, too small for perceptual KD"),
 ])
 def test_progressive_squares_that_do_not_suit_the_networks_are_one_line(tmp_path, capsys, extra, line):

@@ -61,6 +61,7 @@ def common(root: Path, name: str, steps: int, task: str = "paired") -> list[str]
         "--set", "data.fixed_crops=false", "--set", "data.max_images=null", "--set", "threads=1",
         "--set", "log_every=1", "--set", "eval_images=2",
         "--set", "student.norm=none", "--set", "discriminator.norm=none", "--set", "pool_size=0",
+        "--set", "loss.gan=1",  # the task's GAN objective (the main preset has none): D and D_B are compared too
         # float32 numerics: in bf16 a batch of 1 and a batch of 2 round differently (1e-3, not 1e-6)
         "--set", "amp=none", "--set", "loss.srp_precision=float64",
     ]

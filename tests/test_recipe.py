@@ -16,6 +16,7 @@ from srpkd.train.budget import TimeBudget, parse_duration
 import srpkd.train.loop as loop
 from srpkd.train.loop import Trainer
 from srpkd.train.schedule import Schedule
+from conftest import write_image
 from train_helpers import TINY, read_log, tiny_teacher
 
 
@@ -173,6 +174,25 @@ def test_gan_starts_after_the_kd_only_warm_up(tmp_path):
     steps = {r["step"]: r for r in read_log(tmp_path / "g") if "lr" in r}
     assert all("loss/G_gan" not in steps[s] and "loss/D_real" not in steps[s] for s in range(1, 5))
     assert all({"loss/G_gan", "loss/D_real", "loss/kd"} <= set(steps[s]) for s in range(5, 9))
+
+
+def test_a_paired_run_on_the_main_preset_says_it_has_no_adversarial_term(tmp_path, capsys):
+    """The main preset has no GAN term (a teacher_only recipe); a paired run on it says so in one line."""
+    teacher = tiny_teacher(tmp_path / "t.safetensors")
+    data = tmp_path / "data"
+    for i in range(2):
+        write_image(data / "train" / f"{i}.png", 64, 32, seed=i)
+        write_image(data / "test" / f"{i}.png", 64, 32, seed=10 + i)
+    argv = ["distill", "--teacher", str(teacher), "--data", str(data), "--mode", "aligned", "--task", "paired",
+            "--size", "32", "--steps", "1", "--batch-size", "2", "--out-dir", str(tmp_path),
+            "--set", "data.val_split=null", *TINY]
+    i = argv.index("loss.gan=1")
+    del argv[i - 1:i + 1]  # TINY turns the GAN term on; here it keeps the preset's 0
+    note = "srpkd: note: loss.gan is 0, so this paired run has no adversarial term"
+    assert main([*argv, "--name", "no_gan"]) == 0
+    assert note in capsys.readouterr().out
+    assert main([*argv, "--name", "gan", "--set", "loss.gan=1"]) == 0
+    assert note not in capsys.readouterr().out
 
 
 def test_best_checkpoint_by_val_split_is_the_student_and_figures_are_on_test(tmp_path, capsys):

@@ -179,6 +179,9 @@ def run(args) -> int:
                   f"device {trainer.device})", flush=True)
             if resume:
                 print(f"srpkd: resuming at step {trainer.step}", flush=True)
+            if cfg.task != "teacher_only" and cfg.loss.gan == 0:
+                print(f"srpkd: note: loss.gan is 0, so this {cfg.task} run has no adversarial term (the main "
+                      f"preset's setting); add --set loss.gan=1, or use a pair preset", flush=True)
         result = _run_trainer(trainer)
         if dist.is_main():
             _print_result(args, trainer, result)
