@@ -19,7 +19,7 @@ OUT=${OUT:-runs/ttq_pairs}
 LOGS=${LOGS:-runs/logs}
 base=$1
 shift
-mkdir -p "$LOGS" "$KEEP"
+mkdir -p "$LOGS" "$KEEP" "$OUT/base_records"
 for cand in "$@"; do
     done_base=$KEEP/${base}_preset_seed${SEED}_vs_${cand}.json
     if [ -e "$done_base" ] && [ -e "$KEEP/${cand}_preset_seed${SEED}.json" ]; then
@@ -27,18 +27,21 @@ for cand in "$@"; do
         continue
     fi
     echo "[pairs $(date +%H:%M:%S)] $base against $cand, seed $SEED"
-    rm -rf "$OUT/main/${base}_preset_seed${SEED}" "$KEEP/${base}_preset_seed${SEED}.json"
-    T="benchmarks/time_to_quality.py main --threads 1 --seeds $SEED --out $OUT --keep $KEEP ${TTQ_ARGS:-}"
+    # the base's record is written outside KEEP until the pair ends: a recipe that is a base here may be a
+    # candidate of other pairs, whose record has the same name
+    pending=$OUT/base_records
+    rm -rf "$OUT/main/${base}_preset_seed${SEED}" "$pending/${base}_preset_seed${SEED}.json"
+    T="benchmarks/time_to_quality.py main --threads 1 --seeds $SEED --out $OUT ${TTQ_ARGS:-}"
     # shellcheck disable=SC2086  # T is a word list
-    $PY $T --recipes "$base" > "$LOGS/pair_${base}_vs_${cand}.log" 2>&1 &
+    $PY $T --keep "$pending" --recipes "$base" > "$LOGS/pair_${base}_vs_${cand}.log" 2>&1 &
     a=$!
     # shellcheck disable=SC2086
-    $PY $T --recipes "$cand" > "$LOGS/pair_${cand}.log" 2>&1 &
+    $PY $T --keep "$KEEP" --recipes "$cand" > "$LOGS/pair_${cand}.log" 2>&1 &
     b=$!
     wait $a || echo "[pairs] $base failed: $LOGS/pair_${base}_vs_${cand}.log"
     wait $b || echo "[pairs] $cand failed: $LOGS/pair_${cand}.log"
     # the base's record belongs to this pair: the next pair runs its own
-    mv "$KEEP/${base}_preset_seed${SEED}.json" "$done_base"
+    mv "$pending/${base}_preset_seed${SEED}.json" "$done_base"
     mv "$OUT/main/${base}_preset_seed${SEED}" "$OUT/main/${base}_preset_seed${SEED}_vs_${cand}"
 done
 $PY benchmarks/pairs_report.py --keep "$KEEP"

@@ -133,11 +133,16 @@ def test_pairs_runs_each_candidate_beside_its_own_base_run(tmp_path):
     env = dict(os.environ, KEEP=str(tmp_path / "kept"), OUT=str(tmp_path / "out"), LOGS=str(tmp_path / "logs"),
                TTQ_ARGS="--quick --time 4", PYTHON=sys.executable)
     cmd = ["bash", str(ROOT / "benchmarks" / "pairs.sh"), "default", "old", "no_gan"]
+    # "default" was a candidate of an earlier pair: its record has the name a base's run writes, and must stay
+    (tmp_path / "kept").mkdir()
+    earlier = tmp_path / "kept" / "default_preset_seed0.json"
+    earlier.write_text('{"recipe": "default", "psnr": 1.0}')
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=ROOT, env=env)
     assert proc.returncode == 0 and "failed" not in proc.stdout, proc.stdout + proc.stderr
     kept = sorted(p.name for p in (tmp_path / "kept").iterdir())
-    assert kept == ["default_preset_seed0_vs_no_gan.json", "default_preset_seed0_vs_old.json",
-                    "no_gan_preset_seed0.json", "old_preset_seed0.json"]
+    assert kept == ["default_preset_seed0.json", "default_preset_seed0_vs_no_gan.json",
+                    "default_preset_seed0_vs_old.json", "no_gan_preset_seed0.json", "old_preset_seed0.json"]
+    assert earlier.read_text() == '{"recipe": "default", "psnr": 1.0}'
     first = json.loads((tmp_path / "kept" / "default_preset_seed0_vs_old.json").read_text())
     assert first["recipe"] == "default" and first["threads"] == 1 and first["steps"] > 0
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
