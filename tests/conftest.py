@@ -7,6 +7,11 @@ import subprocess
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as srpkd does; before torch loads OpenMP
+# The suite is the CPU suite that CI runs: its runs use `device: auto`, and several compare bits (resume,
+# the teacher cache, two ranks against one) that hold on a CPU, not across GPU kernels. On a machine with a
+# GPU it is hidden (before torch initialises CUDA; subprocesses inherit it) unless SRPKD_TEST_GPU=1.
+if os.environ.get("SRPKD_TEST_GPU") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -17,6 +22,15 @@ from PIL import Image  # noqa: E402
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def srpkd_env(**extra: str) -> dict:
+    """The environment of a subprocess that runs srpkd from this tree: src first on PYTHONPATH, before what
+    the caller's PYTHONPATH already holds (a machine may provide packages through it)."""
+    path = os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH", "")) if p)
+    return dict(os.environ, PYTHONPATH=path, **extra)
+
+
 SHARED_DATA = Path(os.environ.get("SRPKD_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 

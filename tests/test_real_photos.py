@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import srpkd_env
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import real_photos  # noqa: E402  (a benchmark module, imported by its folder like the scripts do)
@@ -26,7 +28,7 @@ PREPARE = ("import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Pa
 def test_two_processes_prepare_one_folder(tmp_path):
     # benchmarks/converged.sh starts two benchmark processes on a fresh output folder at once; before the
     # folder was built under a private name and renamed into place, the second died on the first's links
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    env = srpkd_env()
     procs = [subprocess.Popen([sys.executable, "-c", PREPARE, str(tmp_path)], cwd=ROOT, env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]
     results = [p.communicate(timeout=300) for p in procs]

@@ -90,19 +90,24 @@ class Scorer:
     perceptual: bool = True
 
     def __post_init__(self):
-        if self.extractor is None:
-            self.extractor = inception(self.device)
         if self.cache is None:
             self.cache = FeatureCache()
 
+    def network(self) -> Any:
+        """The feature extractor, the TF-Inception network loaded on first use: a wrong path or a bad
+        checkpoint is reported before a missing network file, and costs no network load."""
+        if self.extractor is None:
+            self.extractor = inception(self.device)
+        return self.extractor
+
     @property
     def extractor_id(self) -> str:
-        return getattr(self.extractor, "extractor_id", type(self.extractor).__name__)
+        return getattr(self.network(), "extractor_id", type(self.network()).__name__)
 
     def features(self, images: torch.Tensor, desc: str = "features") -> torch.Tensor:
         """Features of an (N, 3, H, W) tensor of [-1, 1] images."""
         chunks = images.split(self.batch)
-        return extract_features(self.extractor, _progress(chunks, desc, self.progress, len(chunks)), self.device)
+        return extract_features(self.network(), _progress(chunks, desc, self.progress, len(chunks)), self.device)
 
     def dataset_features(
         self, dataset: Dataset, key: str, files: Sequence[Path], desc: str, info: dict
@@ -114,7 +119,7 @@ class Scorer:
             batches = (b[key] for b in _loader(dataset, self.batch))
             n = math.ceil(len(dataset) / self.batch)
             label = f"real {info.get('name', '')}".strip()
-            return extract_features(self.extractor, _progress(batches, label, self.progress, n), self.device)
+            return extract_features(self.network(), _progress(batches, label, self.progress, n), self.device)
 
         return self.cache.features(ckey, compute, {**info, "preprocessing": desc, "extractor": self.extractor_id})
 
@@ -532,7 +537,7 @@ def score_folders(
 def _dataset_features(dataset: Dataset, scorer: Scorer) -> torch.Tensor:
     loader = _loader(dataset, scorer.batch)
     batches = _progress((b["A"] for b in loader), "features", scorer.progress, len(loader))
-    return extract_features(scorer.extractor, batches, scorer.device)
+    return extract_features(scorer.network(), batches, scorer.device)
 
 
 def _matched_pairs(fake_ds, real_ds) -> dict:
