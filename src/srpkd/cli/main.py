@@ -93,9 +93,11 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     finally:
-        logging.captureWarnings(False)
+        # the handler first: a SIGTERM that arrives during the rest of the clean-up (a torchrun agent ending the
+        # survivors of a dead rank) then ends the process as it would have, not with a Terminated traceback
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
+        logging.captureWarnings(False)
 
 
 if __name__ == "__main__":
