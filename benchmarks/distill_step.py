@@ -108,6 +108,7 @@ class Case:
             f"data.max_images={n_items}", "eval_images=1", f"device={args.device}", "log_every=0",
             f"amp={args.amp}", f"channels_last={str(spec.get('channels_last', False)).lower()}",
             f"compile={str(spec.get('compile', False)).lower()}",
+            "student.derive=none",  # the step's cost, not the one-off fit of the main preset's derived start
         ]
         if args.threads:
             sets.append(f"threads={args.threads}")

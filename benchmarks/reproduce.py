@@ -211,6 +211,7 @@ def budget_overrides(args, task: str) -> dict:
         "log_every": 10, "eval_every": 0, "ckpt_every": max(args.steps // 2, 1), "keep_last": 1,
         "eval_images": 8, "cache_teacher": True, "threads": args.threads, "time_limit": 0,
         "device": "cpu", "sample_every": 0,
+        "student.derive": "none",  # every student starts from random weights (the main preset derives it)
     }
     if task == "paired":
         o.update({"data.mode": "aligned", "loss.l1": 100.0})

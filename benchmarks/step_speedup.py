@@ -58,8 +58,9 @@ RANDOM = ["data.fixed_crops=false", "data.flip=true"]
 # the numeric shortcuts: bf16 autocast, float32 relation loss, feature KD without the adapted maps
 FAST = ["amp=bf16", "loss.srp_precision=float32", "loss.feat_method=factorized"]
 EXACT = ["amp=none", "loss.srp_precision=float64", "loss.feat_method=direct"]  # the reference numerics
-# this checkout's variants keep the baseline main preset's discriminator (the preset has had none since 2026-12-04)
-EXACT, FAST = EXACT + ["loss.gan=1"], FAST + ["loss.gan=1"]
+# this checkout's variants keep the baseline main preset's discriminator and random start (since 2026-12-04 the
+# preset has no discriminator and derives its student from the teacher)
+AS_BASELINE = ["loss.gan=1", "student.derive=none"]
 VARIANTS = {  # name: (source, settings)
     "base_random": ("base", RANDOM + ["cache_teacher=false"]),
     "new_random": ("new", RANDOM + ["cache_teacher=false"] + EXACT),
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         workers = []
         for name in names:
             source, sets = VARIANTS[name]
-            sets = [s.format(draws=args.draws) for s in sets]
+            sets = [s.format(draws=args.draws) for s in sets] + (AS_BASELINE if source == "new" else [])
             warm = args.draws * (n_items // batch) if "draws" in name else 2
             progress(f"starting {name} ({source}: {' '.join(sets) or 'main preset'}; {warm} untimed steps)")
             w = Worker(name, srcs[source], common + sets, warm)

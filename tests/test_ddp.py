@@ -31,6 +31,7 @@ def _worker(rank: int, world: int, port: int, tmp: str, teacher: str) -> None:
         "data.fixed_crops=false", "optim.batch_size=2", "optim.steps=3", "eval_images=2", "log_every=1",
         "loss.srp=100", "loss.feat=1", "name=ddp", f"teacher.checkpoint={teacher}", "threads=1",
         "loss.gan=1",  # the discriminator's weights must agree across ranks too
+        "student.derive=none",  # a 6-block teacher (test_distributed_equivalence covers the derived start)
     ])
     trainer = Trainer(cfg, distill=True, run_dir=os.path.join(tmp, "ddp"), quiet=True)
     seen = []

@@ -124,6 +124,10 @@ def test_derive_without_a_teacher_or_with_init_is_one_line(tmp_path, capsys):
                "--set", "student.ngf=4", "--set", "student.derive=ls", "--quiet"])
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert rc == 2 and len(err) == 1 and "the teacher has 6 residual blocks, the student 9" in err[0], err
+    assert "student.derive none starts the student from random weights" in err[0]  # the way out, named
     assert not list(tmp_path.glob("*/student.safetensors"))
-    with pytest.raises(SrpkdError, match="set one of them"):
-        load_config("main", ["student.derive=ls", "student.init=x.safetensors"])
+    # the main preset derives its student: a start of the user's own is refused with the setting that allows it
+    assert load_config("main").student.derive == "ls"
+    with pytest.raises(SrpkdError, match="add --set student.derive=none to start from student.init"):
+        load_config("main", ["student.init=x.safetensors"])
+    assert load_config("main", ["student.init=x.safetensors", "student.derive=none"]).student.init == "x.safetensors"

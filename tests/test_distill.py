@@ -17,7 +17,8 @@ from srpkd.train.loop import Trainer
 from train_helpers import tiny_teacher
 
 BASE = ["student.ngf=4", "discriminator.ndf=8", "discriminator.n_layers=2", "data.crop_size=32", "data.max_images=4",
-        "optim.batch_size=2", "optim.steps=3", "eval_images=2", "log_every=1", "deterministic=true"]
+        "optim.batch_size=2", "optim.steps=3", "eval_images=2", "log_every=1", "deterministic=true",
+        "student.derive=none"]  # the tiny teachers have 6 blocks; test_derive covers the main preset's derived start
 
 
 def _trainer(tmp_path, teacher, *extra, name="r"):
@@ -219,7 +220,7 @@ def test_draw_cache_on_a_full_disk_is_one_line_and_leaves_no_files(tmp_path, cap
         code = main(["distill", "--teacher", str(teacher), "--size", "32", "--batch-size", "2", "--out-dir", str(mnt),
                      "--name", "r", "--steps", "2", "--quiet", "--set", "data.max_images=6",
                      "--set", "data.fixed_crops=false", "--set", "cache_draws=100", "--set", "threads=1",
-                     "--set", "student.ngf=4", "--set", "discriminator.ndf=8"])
+                     "--set", "student.ngf=4", "--set", "discriminator.ndf=8", "--set", "student.derive=none"])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2, err
         assert err[-1].startswith("srpkd: error: cannot create the teacher cache in ") and "No space left" in err[-1]

@@ -416,7 +416,8 @@ def validate(cfg: Config) -> None:
          f"student.derive must be none or ls, got {short_repr(cfg.student.derive)}")
     need(cfg.student.derive_images > 0, "student.derive_images must be positive")
     need(cfg.student.derive == "none" or not cfg.student.init,
-         "student.derive and student.init both set the student's start; set one of them")
+         "student.derive and student.init both set the student's start (the main preset derives it): "
+         "add --set student.derive=none to start from student.init")
     need(cfg.data.max_images is None or cfg.data.max_images > 0, "data.max_images must be positive")
 
 

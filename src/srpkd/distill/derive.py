@@ -38,18 +38,19 @@ POSITIONS = 1024  # positions per image in each fit, drawn at random beyond that
 
 def check_derivable(teacher: nn.Module, student: nn.Module) -> None:
     """Stop with one line unless ``student`` can be derived from ``teacher`` (ResNets, same blocks, not wider)."""
+    other = "; student.derive none starts the student from random weights instead"
     for who, g in (("teacher", teacher), ("student", student)):
         if not isinstance(g, ResnetGenerator) or any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in g.modules()):
             raise SrpkdError(f"student.derive ls: the {who} must be a plain or skip ResNet generator, not "
-                             f"{getattr(g, 'arch', type(g).__name__)}")
+                             f"{getattr(g, 'arch', type(g).__name__)}{other}")
     if teacher.input_skip:
-        raise SrpkdError("student.derive ls: the teacher must not have an input skip")
+        raise SrpkdError(f"student.derive ls: the teacher must not have an input skip{other}")
     if len(teacher.blocks) != len(student.blocks):
         raise SrpkdError(f"student.derive ls: the teacher has {len(teacher.blocks)} residual blocks, the student "
-                         f"{len(student.blocks)}; they must agree")
+                         f"{len(student.blocks)}; they must agree{other}")
     wt, ws = teacher.stem[1].out_channels, student.stem[1].out_channels
     if ws > wt:
-        raise SrpkdError(f"student.derive ls: the student (ngf {ws}) is wider than its teacher (ngf {wt})")
+        raise SrpkdError(f"student.derive ls: the student (ngf {ws}) is wider than its teacher (ngf {wt}){other}")
 
 
 def _top(energy: torch.Tensor, k: int) -> torch.Tensor:
