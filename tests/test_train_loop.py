@@ -6,6 +6,7 @@ import os
 import signal
 
 import torch
+import yaml
 
 import srpkd.losses as L
 from srpkd.checkpoint import load_generator, load_tensors
@@ -27,6 +28,16 @@ def _run_files(run, both=False):
     g = load_generator(run / "checkpoints" / "last.safetensors")
     assert g.arch_kwargs["ngf"] == 4
     return log
+
+
+def test_train_on_the_main_preset_starts_from_random_weights(tmp_path, aligned_dir):
+    """The main preset derives a distilled student from its teacher; `srpkd train` has no teacher."""
+    i = TINY.index("student.derive=none")
+    tiny = TINY[:i - 1] + TINY[i + 1:]  # the preset's own student.derive (ls)
+    assert main(["train", "--data", str(aligned_dir), "--mode", "aligned", "--task", "paired", "--size", "32",
+                 "--batch-size", "2", "--steps", "1", "--name", "t", "--out-dir", str(tmp_path),
+                 "--set", "data.load_size=36", *tiny]) == 0
+    assert yaml.safe_load((tmp_path / "t" / "config.yaml").read_text())["student"]["derive"] == "none"
 
 
 def test_paired_train_and_distill(tmp_path, aligned_dir, capsys):

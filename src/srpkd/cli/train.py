@@ -221,6 +221,7 @@ def _load_config(args) -> tuple[Config, Path | None]:
     if not args.distill:
         cfg.teacher.checkpoint = None
         cfg.teacher.checkpoint_B = None
+        cfg.student.derive = "none"  # nothing to derive from: the main preset's derived start needs a teacher
     return cfg, run_dir
 
 
