@@ -18,7 +18,7 @@
 # --keep benchmarks/results/time_to_quality/real_teacher/runs`.
 set -u
 cd "$(dirname "$0")/.."
-export PYTHONPATH=src OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=1
 PY=${PYTHON:-.venv/bin/python}
 VARIANTS="kd kd_srp feat feat_srp at sp scratch"
 KEEP=benchmarks/results/real_teacher_main

@@ -11,7 +11,7 @@
 # At the end, benchmarks/pairs_report.py tabulates every finished pair of KEEP, seed by seed (results.md beside it).
 set -u
 cd "$(dirname "$0")/.."
-export PYTHONPATH=src OMP_WAIT_POLICY=PASSIVE
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} OMP_WAIT_POLICY=PASSIVE
 PY=${PYTHON:-.venv/bin/python}
 SEED=${SEED:-0}
 KEEP=${KEEP:-benchmarks/results/time_to_quality/main_pairs/runs}

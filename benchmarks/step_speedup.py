@@ -134,7 +134,8 @@ def export_source(rev: str, out: Path) -> Path:
 class Worker:
     def __init__(self, name: str, src: Path, sets: list[str], warm: int) -> None:
         self.name, self.times, self.cpu = name, [], []
-        env = dict(os.environ, PYTHONPATH=str(src), OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+        path = os.pathsep.join(p for p in (str(src), os.environ.get("PYTHONPATH", "")) if p)  # this tree first
+        env = dict(os.environ, PYTHONPATH=path, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
         self.proc = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps({"sets": sets, "warm": warm})],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.fill: list[float] | None = None
