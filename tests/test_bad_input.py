@@ -39,8 +39,6 @@ from srpkd.cli.main import main
 
 from conftest import srpkd_env, write_image
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 # ----------------------------------------------------------------------------- helpers
 

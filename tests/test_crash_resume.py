@@ -45,7 +45,6 @@ from srpkd.config import load_config
 
 from conftest import srpkd_env, write_image
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS = 16
 KILLS = {"SIGKILL": 0, "SIGTERM": 0, "SIGINT": 0}
 

@@ -37,7 +37,6 @@ from srpkd.metrics.fid import FeatureCache
 from conftest import srpkd_env, write_image
 from test_bad_input import Case, check_one_error, distill, distill_world, foreign_pth, tiny_generator
 
-REPO = Path(__file__).resolve().parents[1]
 ENV = srpkd_env(OMP_NUM_THREADS="1")
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -102,7 +102,8 @@ class Scorer:
 
     @property
     def extractor_id(self) -> str:
-        return getattr(self.network(), "extractor_id", type(self.network()).__name__)
+        net = self.network()
+        return getattr(net, "extractor_id", type(net).__name__)
 
     def features(self, images: torch.Tensor, desc: str = "features") -> torch.Tensor:
         """Features of an (N, 3, H, W) tensor of [-1, 1] images."""
